@@ -1,0 +1,77 @@
+# The kernel interface aiozc needs, declared once: the TCP_ZEROCOPY_RECEIVE
+# argument block, and the handful of libc calls around it.  See
+# shared/KERNEL.md (and the kernel's net/ipv4/tcp.c) for what each field does.
+
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <errno.h>
+    #include <time.h>
+    #include <sys/mman.h>
+    #include <sys/socket.h>
+    #include <netinet/in.h>
+
+    /* Spelled out here rather than taken from <linux/tcp.h>, which clashes
+       with glibc's <netinet/tcp.h> and, on older headers, lacks the fields
+       added in 5.11 (copybuf) and 5.14 (msg_control).  The layout is ABI. */
+    struct aiozc_zc_receive {
+        uint64_t address;          /* in: page-aligned address in the window */
+        uint32_t length;           /* in/out: bytes to map / mapped */
+        uint32_t recv_skip_hint;   /* out: bytes to read by copy next */
+        uint32_t inq;              /* out: bytes still queued */
+        int32_t  err;              /* out: pending socket error */
+        uint64_t copybuf_address;  /* in: hybrid copy buffer */
+        int32_t  copybuf_len;      /* in/out: its size / bytes copied */
+        uint32_t flags;            /* in: TLB-clean hint */
+        uint64_t msg_control;
+        uint64_t msg_controllen;
+        uint32_t msg_flags;
+        uint32_t reserved;         /* must be zero */
+    };
+    _Static_assert(sizeof(struct aiozc_zc_receive) == 64,
+                   "struct tcp_zerocopy_receive is 64 bytes");
+
+    #define AIOZC_TCP_ZEROCOPY_RECEIVE 35
+    #define AIOZC_ZC_FLAG_TLB_CLEAN_HINT 0x1
+
+    static inline int64_t aiozc_thread_cpu_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    """
+    struct aiozc_zc_receive:
+        uint64_t address
+        uint32_t length
+        uint32_t recv_skip_hint
+        uint32_t inq
+        int32_t err
+        uint64_t copybuf_address
+        int32_t copybuf_len
+        uint32_t flags
+        uint64_t msg_control
+        uint64_t msg_controllen
+        uint32_t msg_flags
+        uint32_t reserved
+
+    int AIOZC_TCP_ZEROCOPY_RECEIVE
+    int AIOZC_ZC_FLAG_TLB_CLEAN_HINT
+    long long aiozc_thread_cpu_ns() nogil
+
+    ctypedef unsigned int socklen_t
+    int IPPROTO_TCP
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
+
+    int PROT_READ
+    int PROT_WRITE
+    int MAP_SHARED
+    int MAP_PRIVATE
+    int MAP_ANONYMOUS
+    void *MAP_FAILED
+    int MADV_DONTNEED
+    void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off) nogil
+    int munmap(void *addr, size_t len) nogil
+    int madvise(void *addr, size_t len, int advice) nogil

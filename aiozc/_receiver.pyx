@@ -1,0 +1,802 @@
+# cython: language_level=3, freethreading_compatible=False
+"""The compiled receive engine: window, regions, copy slabs, views, modes.
+
+It knows nothing of event loops.  A driver (the asyncio transport, the anyio
+stream, the benchmark's blocking floor) calls :meth:`Receiver.pump` when the
+socket is readable; ``pump`` receives with ``TCP_ZEROCOPY_RECEIVE`` or
+``recv`` and hands each piece of payload, in stream order, to ``sink`` as a
+read-only memoryview.
+
+Memory safety, the one rule everything here serves
+--------------------------------------------------
+Touching a window address whose page is not mapped raises SIGBUS.  So a byte
+range of the window is zapped (``madvise(MADV_DONTNEED)``) or unmapped only
+when no exported buffer covers it.  Every view is a memoryview over a
+``_Chunk``; the chunk counts its buffer exports and, when the last one goes,
+returns its region to the pool and forgets the pool, after which it refuses
+to export again (``BufferError``).  A region is zapped only when its chunk
+count is zero, and the pool (which owns the window and the copy slabs) is
+freed only when the receiver and every unreleased chunk have let go of it.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.exc cimport PyErr_SetFromErrno
+from cpython.memoryview cimport PyMemoryView_FromObject
+from libc.errno cimport (EAGAIN, EINTR, EINVAL, EIO, ENODEV, ENOPROTOOPT,
+                         EOPNOTSUPP, errno)
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+
+from aiozc._kernel cimport *
+
+import os as _os
+
+from aiozc._stats import ZCStats
+
+# What pump() returns besides a byte count.
+PUMP_EOF = -1
+PUMP_STARVED = -2
+cdef enum:
+    _EOF = -1
+    _STARVED = -2
+    _ERROR = -3
+    PAGE = 4096
+
+# Region states.
+cdef enum:
+    R_CLEAN = 0      # nothing mapped: may become current (TLB-clean hint ok)
+    R_CURRENT = 1    # being filled by receives, bump by bump
+    R_RETIRED = 2    # full; waits for the views over it to be released
+    R_DIRTY = 3      # released, pages still mapped: waits for a batched zap
+
+cdef enum:
+    KIND_REGION = 0
+    KIND_SLAB = 1
+
+cdef enum:
+    MODE_ZC = 0
+    MODE_COPY = 1
+
+cdef enum:
+    POLICY_AUTO = 0
+    POLICY_ALWAYS = 1
+    POLICY_NEVER = 2
+
+cdef enum:
+    PH_STEADY = 0
+    PH_PROBE_ZC = 1
+    PH_PROBE_COPY = 2
+
+# Released regions are zapped in batches of this many (coalesced into one
+# madvise per run of adjacent regions).  One madvise costs a syscall and a
+# TLB flush of the range; 4 regions (2 MiB by default) amortise that over
+# ~60 receive calls on loopback, while bounding the mapped-but-unused memory
+# a connection keeps around to 4 regions plus the one being filled.
+cdef enum:
+    ZAP_BATCH = 4
+
+# One pump() delivers at most this many bytes before returning to the event
+# loop, so one busy connection cannot starve the others.  4x CPython's
+# per-event read (256 KiB) amortises the loop's per-event cost (epoll, a
+# handle, a Python frame) over ~1 MiB without hurting fairness measurably.
+cdef enum:
+    PUMP_BUDGET = 1048576
+
+
+cdef object _oserror(int err):
+    return OSError(err, _os.strerror(err))
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _Chunk:
+    """The exporter behind one view: a byte range of a region or a slab."""
+
+    cdef _Pool pool
+    cdef char *ptr
+    cdef Py_ssize_t size
+    cdef int kind
+    cdef int index
+    cdef int exports
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        if self.pool is None:
+            raise BufferError(
+                "this aiozc view was released and its memory recycled; "
+                "keep the original memoryview (or a slice of it) instead"
+            )
+        # readonly=1: a request for a writable buffer raises BufferError, so
+        # every memoryview over a chunk is read-only.
+        PyBuffer_FillInfo(buf, self, self.ptr, self.size, 1, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        self.exports -= 1
+        if self.exports == 0 and self.pool is not None:
+            pool = self.pool
+            self.pool = None
+            pool.release(self.kind, self.index)
+
+    def __dealloc__(self):
+        # A chunk whose view was never made (an exception between the two)
+        # still holds its region.
+        if self.pool is not None:
+            self.pool.release(self.kind, self.index)
+            self.pool = None
+
+
+@cython.final
+cdef class _Pool:
+    """Owns the mapped window and the copy slabs, and their accounting."""
+
+    # --- the window (mapped pages) ---
+    cdef char *window
+    cdef size_t window_size
+    cdef size_t region_size
+    cdef int nregions
+    cdef int *rrefs
+    cdef unsigned char *rstate
+    cdef size_t *rused
+    cdef int *clean_stack
+    cdef int nclean
+    cdef int ndirty
+    cdef int cur_region
+    # --- copy slabs ---
+    cdef char **slabs
+    cdef int *srefs
+    cdef size_t *sused
+    cdef int nslabs
+    cdef int max_slabs
+    cdef int cur_slab
+    cdef size_t slab_size
+    # --- accounting ---
+    cdef Py_ssize_t views
+    cdef Py_ssize_t pinned
+    cdef Py_ssize_t max_pinned
+    cdef bint closed
+    cdef public bint starved
+    cdef public object on_release
+    cdef uint64_t zap_calls
+    cdef uint64_t regions_recycled
+
+    def __cinit__(self, size_t window_size, size_t region_size,
+                  size_t slab_size, Py_ssize_t max_pinned):
+        self.window = NULL
+        self.window_size = window_size
+        self.region_size = region_size
+        self.nregions = <int>(window_size // region_size)
+        self.cur_region = -1
+        self.cur_slab = -1
+        self.slab_size = slab_size
+        self.max_pinned = max_pinned
+        # At least two slabs, whatever the bound: one the application holds
+        # a partial frame in, one to receive the rest into.
+        self.max_slabs = max(2, <int>(max_pinned // slab_size))
+        self.slabs = <char **>calloc(self.max_slabs, sizeof(char *))
+        self.srefs = <int *>calloc(self.max_slabs, sizeof(int))
+        self.sused = <size_t *>calloc(self.max_slabs, sizeof(size_t))
+        if self.slabs == NULL or self.srefs == NULL or self.sused == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef int i
+        if self.window != NULL:
+            munmap(self.window, self.window_size)
+            self.window = NULL
+        if self.slabs != NULL:
+            for i in range(self.nslabs):
+                if self.slabs[i] != NULL:
+                    free(self.slabs[i])
+        free(self.slabs)
+        free(self.srefs)
+        free(self.sused)
+        free(self.rrefs)
+        free(self.rstate)
+        free(self.rused)
+        free(self.clean_stack)
+
+    cdef int map_window(self, int fd) except -1:
+        """mmap the window over the socket; returns errno on failure, 0 on success."""
+        cdef void *addr
+        cdef int i
+        addr = mmap(NULL, self.window_size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr == MAP_FAILED:
+            return errno
+        self.rrefs = <int *>calloc(self.nregions, sizeof(int))
+        self.rstate = <unsigned char *>calloc(self.nregions, 1)
+        self.rused = <size_t *>calloc(self.nregions, sizeof(size_t))
+        self.clean_stack = <int *>calloc(self.nregions, sizeof(int))
+        if (self.rrefs == NULL or self.rstate == NULL or self.rused == NULL
+                or self.clean_stack == NULL):
+            munmap(addr, self.window_size)
+            raise MemoryError()
+        self.window = <char *>addr
+        # Stack order: region 0 on top, so a fresh connection fills the
+        # window front to back and adjacent regions retire together (which
+        # is what lets the batched zap coalesce them).
+        for i in range(self.nregions):
+            self.clean_stack[i] = self.nregions - 1 - i
+        self.nclean = self.nregions
+        return 0
+
+    cdef void release(self, int kind, int idx) noexcept:
+        self.views -= 1
+        if kind == KIND_REGION:
+            self.rrefs[idx] -= 1
+            if self.rrefs[idx] == 0:
+                self.pinned -= self.region_size
+                if self.rstate[idx] == R_RETIRED:
+                    self.rstate[idx] = R_DIRTY
+                    self.ndirty += 1
+                if self.closed and self.window != NULL and self.views == 0:
+                    self._unmap()
+        else:
+            self.srefs[idx] -= 1
+            if self.srefs[idx] == 0:
+                self.pinned -= self.slab_size
+                if self.closed:
+                    free(self.slabs[idx])
+                    self.slabs[idx] = NULL
+        if self.starved and self.on_release is not None:
+            self.starved = False
+            try:
+                self.on_release()
+            except BaseException as exc:  # noqa: B036 - must not escape a dealloc
+                import sys
+                sys.unraisablehook(_Unraisable(exc, self.on_release))
+
+    cdef void _unmap(self) noexcept:
+        munmap(self.window, self.window_size)
+        self.window = NULL
+
+    cdef void close(self) noexcept:
+        """Free whatever no view holds; the rest goes with its last view."""
+        cdef int i
+        self.closed = True
+        self.cur_slab = -1
+        for i in range(self.nslabs):
+            if self.slabs[i] != NULL and self.srefs[i] == 0:
+                free(self.slabs[i])
+                self.slabs[i] = NULL
+        if self.window != NULL:
+            for i in range(self.nregions):
+                if self.rrefs[i]:
+                    return
+            self._unmap()
+
+    # -- regions -------------------------------------------------------------
+
+    cdef void zap(self) noexcept:
+        """madvise(MADV_DONTNEED) every dirty region, one call per run."""
+        cdef int i = 0, start
+        cdef size_t length
+        cdef char *base
+        while i < self.nregions:
+            if self.rstate[i] != R_DIRTY:
+                i += 1
+                continue
+            start = i
+            while i < self.nregions and self.rstate[i] == R_DIRTY:
+                self.rstate[i] = R_CLEAN
+                self.clean_stack[self.nclean] = i
+                self.nclean += 1
+                i += 1
+            # Only the used part of the last region of the run holds pages.
+            length = (i - 1 - start) * self.region_size + self.rused[i - 1]
+            base = self.window + start * self.region_size
+            with nogil:
+                madvise(base, length, MADV_DONTNEED)
+            for start in range(start, i):
+                self.rused[start] = 0
+            self.zap_calls += 1
+        self.regions_recycled += self.ndirty
+        self.ndirty = 0
+
+    cdef size_t region_room(self, size_t min_room) noexcept:
+        """Bytes free in the current region (taking a new one if needed); 0 if none."""
+        cdef int cur = self.cur_region
+        cdef size_t room
+        if cur >= 0:
+            room = self.region_size - self.rused[cur]
+            if room >= min_room:
+                return room
+            self.cur_region = -1
+            if self.rrefs[cur] == 0:
+                self.rstate[cur] = R_DIRTY
+                self.ndirty += 1
+            else:
+                self.rstate[cur] = R_RETIRED
+        if self.ndirty >= ZAP_BATCH or (self.nclean == 0 and self.ndirty):
+            self.zap()
+        if self.nclean == 0 or self.pinned + <Py_ssize_t>self.region_size > self.max_pinned:
+            return 0
+        self.nclean -= 1
+        cur = self.clean_stack[self.nclean]
+        self.rstate[cur] = R_CURRENT
+        self.cur_region = cur
+        return self.region_size
+
+    # -- slabs ---------------------------------------------------------------
+
+    cdef size_t slab_room(self, size_t want, size_t min_room) noexcept:
+        """Bytes free in the current slab (switching if needed); 0 if none."""
+        cdef int cur = self.cur_slab
+        cdef int i
+        cdef size_t room
+        if cur >= 0:
+            if self.srefs[cur] == 0:
+                # Nobody holds anything in it: start over at its (cache-hot)
+                # beginning.  With an application that releases each view
+                # in data_received, every recv lands in the same bytes.
+                self.sused[cur] = 0
+            room = self.slab_size - self.sused[cur]
+            if room >= min_room:
+                return room if room < want else want
+        # Another slab no view holds, else a new one within the bound.
+        for i in range(self.nslabs):
+            if self.slabs[i] != NULL and self.srefs[i] == 0 and i != cur:
+                self.cur_slab = i
+                self.sused[i] = 0
+                return self.slab_size if self.slab_size < want else want
+        if self.nslabs >= self.max_slabs or (
+                self.pinned + <Py_ssize_t>self.slab_size > self.max_pinned and self.nslabs >= 2):
+            return 0
+        i = self.nslabs
+        self.slabs[i] = <char *>malloc(self.slab_size)
+        if self.slabs[i] == NULL:
+            return 0
+        self.nslabs += 1
+        self.cur_slab = i
+        self.sused[i] = 0
+        return self.slab_size if self.slab_size < want else want
+
+    # -- views ---------------------------------------------------------------
+
+    cdef object view(self, int kind, int idx, char *ptr, Py_ssize_t size):
+        cdef _Chunk chunk = _Chunk.__new__(_Chunk)
+        chunk.pool = self
+        chunk.ptr = ptr
+        chunk.size = size
+        chunk.kind = kind
+        chunk.index = idx
+        self.views += 1
+        if kind == KIND_REGION:
+            if self.rrefs[idx] == 0:
+                self.pinned += self.region_size
+            self.rrefs[idx] += 1
+        else:
+            if self.srefs[idx] == 0:
+                self.pinned += self.slab_size
+            self.srefs[idx] += 1
+        return PyMemoryView_FromObject(chunk)
+
+
+class _Unraisable:
+    """What sys.unraisablehook expects, for an exception in on_release."""
+
+    def __init__(self, exc, obj):
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "Exception ignored in aiozc on_release callback"
+        self.object = obj
+
+
+@cython.final
+cdef class Receiver:
+    """Receives from one connected stream socket; see the module docstring.
+
+    ``Receiver(fd, config, sink)``: ``fd`` must stay open while pump() is
+    called (the driver owns the socket), ``sink`` is called with each
+    read-only memoryview in stream order.
+    """
+
+    cdef int fd
+    cdef _Pool pool
+    cdef public object sink
+    cdef public bint paused
+    cdef list pending
+    cdef aiozc_zc_receive zc
+    cdef bint drained
+    # configuration
+    cdef size_t receive_size
+    cdef size_t copybuf_size
+    cdef int policy
+    cdef bint pause_when_exhausted
+    cdef uint64_t probe_bytes
+    cdef uint64_t reprobe_bytes
+    cdef double min_mapped_fraction
+    # state
+    cdef int _mode
+    cdef bint window_tried
+    cdef bint zc_worked
+    cdef object _reason
+    cdef int phase
+    cdef uint64_t phase_bytes
+    cdef uint64_t phase_mapped
+    cdef int64_t phase_ns
+    cdef double zc_cost
+    cdef double copy_cost
+    cdef int64_t until_reprobe
+    # counters
+    cdef uint64_t bytes_received
+    cdef uint64_t bytes_mapped
+    cdef uint64_t bytes_copied
+    cdef uint64_t receive_calls
+    cdef uint64_t exhausted_receives
+    cdef uint64_t mode_switches
+
+    def __cinit__(self, int fd, config, sink=None):
+        self.fd = fd
+        self.sink = sink
+        self.pending = []
+        self.receive_size = config.receive_size
+        self.copybuf_size = config.copybuf_size
+        self.pool = _Pool(config.window_size, config.region_size,
+                          config.receive_size, config.max_pinned_bytes)
+        self.pause_when_exhausted = config.on_exhausted == "pause"
+        self.probe_bytes = config.probe_bytes
+        self.reprobe_bytes = config.reprobe_bytes
+        self.min_mapped_fraction = config.min_mapped_fraction
+        policy = config.zerocopy
+        if policy == "never":
+            self.policy = POLICY_NEVER
+            self._mode = MODE_COPY
+            self._reason = "zerocopy='never' in ZCConfig"
+        elif policy == "always":
+            self.policy = POLICY_ALWAYS
+            self._mode = MODE_ZC
+        else:
+            self.policy = POLICY_AUTO
+            self._mode = MODE_ZC
+            self.phase = PH_PROBE_ZC
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def mode(self):
+        """'zerocopy' or 'copy'."""
+        return "zerocopy" if self._mode == MODE_ZC else "copy"
+
+    @property
+    def fallback_reason(self):
+        """Why the connection copies, or None."""
+        return self._reason
+
+    @property
+    def on_release(self):
+        """Called (once) when pump() returned PUMP_STARVED and memory frees up."""
+        return self.pool.on_release
+
+    @on_release.setter
+    def on_release(self, value):
+        self.pool.on_release = value
+
+    def stats(self):
+        """A :class:`aiozc.ZCStats` snapshot."""
+        return ZCStats(
+            bytes_received=self.bytes_received,
+            bytes_mapped=self.bytes_mapped,
+            bytes_copied=self.bytes_copied,
+            receive_calls=self.receive_calls,
+            views_outstanding=self.pool.views,
+            bytes_pinned=self.pool.pinned,
+            mode="zerocopy" if self._mode == MODE_ZC else "copy",
+            fallback_reason=self._reason,
+            zap_calls=self.pool.zap_calls,
+            regions_recycled=self.pool.regions_recycled,
+            exhausted_receives=self.exhausted_receives,
+            mode_switches=self.mode_switches,
+        )
+
+    def close(self):
+        """Stop for good: free what no view holds.  Views stay valid."""
+        self.pending = []
+        self.pool.close()
+
+    def deliver_pending(self):
+        """Hand views held back by a pause to the sink; False if paused again."""
+        while self.pending:
+            if self.paused:
+                return False
+            self.sink(self.pending.pop(0))
+        return True
+
+    def pump(self):
+        """Receive what the socket holds, up to a budget, into the sink.
+
+        Returns the number of bytes delivered (0: nothing to read now),
+        PUMP_EOF once the peer's FIN has been reached (after delivering
+        anything before it), or PUMP_STARVED when ``on_exhausted='pause'``
+        and every pooled buffer is held by views (call again after
+        ``on_release`` fires).  Socket errors raise OSError after the bytes
+        received before them have been delivered.
+        """
+        cdef Py_ssize_t total = 0
+        cdef Py_ssize_t n
+        if self.pending and not self.deliver_pending():
+            return 0
+        while total < PUMP_BUDGET and not self.paused:
+            if self._mode == MODE_ZC:
+                n = self._zc_round()
+            else:
+                n = self._copy_round(self.receive_size)
+            if n < 0:
+                if n == _STARVED and total:
+                    return total
+                return n
+            if n == 0:
+                break
+            total += n
+            if self.drained:
+                # The kernel said nothing is left (inq == 0, or recv()
+                # returned less than asked for): another call would only
+                # find the queue empty.
+                break
+        return total
+
+    # -- the two paths -------------------------------------------------------
+
+    cdef Py_ssize_t _zc_round(self) except? _ERROR:
+        cdef _Pool pool = self.pool
+        cdef size_t room, cbroom
+        cdef socklen_t zlen = sizeof(aiozc_zc_receive)
+        cdef int rc, err, ridx, sidx
+        cdef char *addr
+        cdef char *cbuf
+        cdef uint32_t mapped
+        cdef int32_t copied
+        cdef uint32_t skip
+        cdef int64_t t0 = 0
+        cdef Py_ssize_t got
+        cdef bint timed = self.phase == PH_PROBE_ZC
+
+        if not self.window_tried:
+            self.window_tried = True
+            err = pool.map_window(self.fd)
+            if err:
+                self._copy_for_good(err, "mmap() of the socket")
+                return self._copy_round(self.receive_size)
+        if timed:
+            t0 = aiozc_thread_cpu_ns()
+        room = pool.region_room(self.receive_size // 4)
+        if room == 0:
+            # Every region is held by views: copy this time (pump() then
+            # stops looping, since no fresh inq was read).
+            return self._copy_round(self.receive_size)
+        if room > self.receive_size:
+            room = self.receive_size
+        cbroom = pool.slab_room(self.copybuf_size, self.copybuf_size) if self.copybuf_size else 0
+        ridx = pool.cur_region
+        sidx = pool.cur_slab
+        addr = pool.window + ridx * pool.region_size + pool.rused[ridx]
+        cbuf = pool.slabs[sidx] + pool.sused[sidx] if cbroom else NULL
+
+        memset(&self.zc, 0, sizeof(aiozc_zc_receive))
+        self.zc.address = <uint64_t>addr
+        self.zc.length = <uint32_t>room
+        self.zc.copybuf_address = <uint64_t>cbuf
+        self.zc.copybuf_len = <int32_t>cbroom
+        # The region beyond rused has never been mapped since its last zap,
+        # so the kernel may skip zapping it under the socket lock.
+        self.zc.flags = AIOZC_ZC_FLAG_TLB_CLEAN_HINT
+        with nogil:
+            while True:
+                rc = getsockopt(self.fd, IPPROTO_TCP, AIOZC_TCP_ZEROCOPY_RECEIVE,
+                                &self.zc, &zlen)
+                if rc == 0 or errno != EINTR:
+                    break
+        self.receive_calls += 1
+        if rc != 0:
+            err = errno
+            if err == EIO:
+                return _EOF
+            if err == ENOPROTOOPT or err == EOPNOTSUPP or (err == EINVAL and not self.zc_worked):
+                self._copy_for_good(err, "getsockopt(TCP_ZEROCOPY_RECEIVE)")
+                return self._copy_round(self.receive_size)
+            PyErr_SetFromErrno(OSError)
+            return _ERROR
+        self.zc_worked = True
+        self.drained = self.zc.inq == 0
+        mapped = self.zc.length
+        copied = self.zc.copybuf_len if self.zc.copybuf_len > 0 else 0
+        skip = self.zc.recv_skip_hint
+        got = mapped + copied
+        if mapped:
+            # The kernel maps whole pages; round anyway so that the next
+            # address is page-aligned whatever it says.
+            pool.rused[ridx] += (mapped + PAGE - 1) & ~(<size_t>PAGE - 1)
+        if copied:
+            pool.sused[sidx] += copied
+
+        # Stream order: mapped pages, then the copy buffer, then the
+        # skip-hint bytes (left in the kernel: the next round's copy buffer
+        # or recv takes them, so a pause here loses nothing).
+        if mapped:
+            self.bytes_mapped += mapped
+            self.bytes_received += mapped
+        if copied:
+            self.bytes_copied += copied
+            self.bytes_received += copied
+        if mapped and copied:
+            v2 = pool.view(KIND_SLAB, sidx, cbuf, copied)
+            self.sink(pool.view(KIND_REGION, ridx, addr, mapped))
+            if self.paused:
+                self.pending.append(v2)
+            else:
+                self.sink(v2)
+        elif mapped:
+            self.sink(pool.view(KIND_REGION, ridx, addr, mapped))
+        elif copied:
+            self.sink(pool.view(KIND_SLAB, sidx, cbuf, copied))
+
+        if skip and not self.paused:
+            # Unmappable bytes the copy buffer could not take: recv exactly
+            # those, so that the pages after them stay mappable.
+            n = self._copy_round(skip)
+            if n > 0:
+                got += n
+        if self.zc.err:
+            raise _oserror(self.zc.err)
+        if timed and got:
+            self._probe_sample(mapped, got, aiozc_thread_cpu_ns() - t0)
+        elif self.policy == POLICY_AUTO:
+            self._steady_sample(mapped, got)
+        return got
+
+    cdef Py_ssize_t _copy_round(self, size_t limit) except? _ERROR:
+        cdef _Pool pool = self.pool
+        cdef size_t room
+        cdef ssize_t n
+        cdef int sidx, err
+        cdef char *buf
+        cdef int64_t t0 = 0
+        cdef bint timed = self.phase == PH_PROBE_COPY and self._mode == MODE_COPY
+        if timed:
+            t0 = aiozc_thread_cpu_ns()
+        room = pool.slab_room(limit, min(limit, self.receive_size // 4))
+        if room == 0:
+            return self._exhausted_round(limit)
+        sidx = pool.cur_slab
+        buf = pool.slabs[sidx] + pool.sused[sidx]
+        with nogil:
+            while True:
+                n = recv(self.fd, buf, room, 0)
+                if n >= 0 or errno != EINTR:
+                    break
+        self.receive_calls += 1
+        if n < 0:
+            err = errno
+            if err == EAGAIN:  # EWOULDBLOCK is the same on Linux
+                return 0
+            PyErr_SetFromErrno(OSError)
+            return _ERROR
+        if n == 0:
+            return _EOF
+        self.drained = <size_t>n < room
+        pool.sused[sidx] += n
+        self.bytes_copied += n
+        self.bytes_received += n
+        if timed:
+            self._probe_sample(0, n, aiozc_thread_cpu_ns() - t0)
+        elif self.policy == POLICY_AUTO and self._mode == MODE_COPY:
+            self._steady_sample(0, n)
+        self.sink(pool.view(KIND_SLAB, sidx, buf, n))
+        return n
+
+    cdef Py_ssize_t _exhausted_round(self, size_t limit) except? _ERROR:
+        """Every pooled buffer is held by the application's views."""
+        cdef ssize_t n
+        cdef int err
+        cdef char *buf
+        if self.pause_when_exhausted:
+            self.pool.starved = True
+            return _STARVED
+        data = PyBytes_FromStringAndSize(NULL, limit)
+        buf = PyBytes_AS_STRING(data)
+        with nogil:
+            while True:
+                n = recv(self.fd, buf, limit, 0)
+                if n >= 0 or errno != EINTR:
+                    break
+        self.receive_calls += 1
+        if n < 0:
+            err = errno
+            if err == EAGAIN:  # EWOULDBLOCK is the same on Linux
+                return 0
+            PyErr_SetFromErrno(OSError)
+            return _ERROR
+        if n == 0:
+            return _EOF
+        self.drained = <size_t>n < limit
+        self.exhausted_receives += 1
+        self.bytes_copied += n
+        self.bytes_received += n
+        self.sink(memoryview(data)[:n])
+        return n
+
+    # -- choosing a mode -----------------------------------------------------
+    #
+    # 'auto' measures instead of guessing.  It first receives probe_bytes by
+    # mapping, timing each round with the thread's CPU clock (that includes
+    # the kernel's work in getsockopt and our zaps), then probe_bytes by
+    # copying, timed the same way, and keeps the cheaper mode for
+    # reprobe_bytes before probing again.  A mapping probe that maps less
+    # than min_mapped_fraction of its bytes (a peer whose pages the kernel
+    # cannot map) settles on copying at once, and so does a steady mapping
+    # mode whose mapped share falls that low over any probe_bytes stretch.
+    # The clock is read only while probing: in steady state the mode costs
+    # nothing but two additions per round.
+
+    cdef void _probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept:
+        self.phase_bytes += got
+        self.phase_mapped += mapped
+        self.phase_ns += ns
+        if self.phase_bytes < self.probe_bytes:
+            return
+        cdef double frac, cost = <double>self.phase_ns / <double>self.phase_bytes
+        if self.phase == PH_PROBE_ZC:
+            frac = <double>self.phase_mapped / <double>self.phase_bytes
+            if frac < self.min_mapped_fraction:
+                self._settle(MODE_COPY,
+                             f"auto: only {frac:.0%} of the peer's bytes could be mapped")
+                return
+            self.zc_cost = cost
+            self.phase = PH_PROBE_COPY
+            self._set_mode(MODE_COPY)
+            self._reset_phase()
+        else:
+            self.copy_cost = cost
+            if self.zc_cost < self.copy_cost:
+                self._settle(MODE_ZC, None)
+            else:
+                self._settle(MODE_COPY, (
+                    f"auto: copying measured cheaper than mapping "
+                    f"({self.copy_cost * 1e3:.0f} vs {self.zc_cost * 1e3:.0f} us/MB of receiver CPU)"))
+
+    cdef void _steady_sample(self, uint64_t mapped, uint64_t got) noexcept:
+        if self.phase != PH_STEADY:
+            return
+        self.until_reprobe -= <int64_t>got
+        if self._mode == MODE_ZC:
+            self.phase_bytes += got
+            self.phase_mapped += mapped
+            if self.phase_bytes >= self.probe_bytes:
+                if <double>self.phase_mapped < self.min_mapped_fraction * <double>self.phase_bytes:
+                    self._settle(MODE_COPY, "auto: the peer's bytes stopped being mappable")
+                    return
+                self._reset_phase()
+        if self.until_reprobe <= 0:
+            self.phase = PH_PROBE_ZC
+            self._set_mode(MODE_ZC)
+            self._reset_phase()
+
+    cdef void _settle(self, int mode, object reason) noexcept:
+        self._set_mode(mode)
+        self._reason = reason
+        self.phase = PH_STEADY
+        self.until_reprobe = <int64_t>self.reprobe_bytes
+        self._reset_phase()
+
+    cdef void _set_mode(self, int mode) noexcept:
+        if mode != self._mode:
+            self._mode = mode
+            self.mode_switches += 1
+
+    cdef void _reset_phase(self) noexcept:
+        self.phase_bytes = 0
+        self.phase_mapped = 0
+        self.phase_ns = 0
+
+    cdef void _copy_for_good(self, int err, str what):
+        self.policy = POLICY_NEVER
+        self.phase = PH_STEADY
+        self._set_mode(MODE_COPY)
+        if err == ENODEV or err == ENOPROTOOPT or err == EOPNOTSUPP:
+            why = "the socket does not support TCP receive zerocopy (not TCP, or the kernel lacks it)"
+        else:
+            why = "the kernel refused it"
+        self._reason = f"{what} failed with {_os.strerror(err)}: {why}"

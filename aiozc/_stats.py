@@ -1,0 +1,51 @@
+"""Per-connection receive statistics (:class:`ZCStats`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, final
+
+__all__ = ["ZCStats"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ZCStats:
+    """A snapshot of one connection's receive counters.
+
+    Take a new one with ``transport.stats`` (or
+    ``transport.get_extra_info('aiozc_stats')``); the object itself does not
+    change.
+    """
+
+    #: Payload bytes handed to the protocol so far, by every path.
+    bytes_received: int
+    #: Of those, bytes delivered in pages the kernel mapped (no copy).
+    bytes_mapped: int
+    #: Of those, bytes the kernel copied (hybrid copy buffer, recv()).
+    bytes_copied: int
+    #: Receive system calls made (getsockopt and recv together).
+    receive_calls: int
+    #: Views handed out and not yet released by the application.
+    views_outstanding: int
+    #: Memory (mapped pages and pooled copy buffers) held by those views.
+    bytes_pinned: int
+    #: How the connection receives right now: ``'zerocopy'`` or ``'copy'``.
+    mode: Literal["zerocopy", "copy"]
+    #: Why the connection copies (None while it maps, or when it copies
+    #: only because ``zerocopy='never'``... which is also said here).
+    fallback_reason: str | None
+    #: madvise(MADV_DONTNEED) calls made to recycle regions, and regions
+    #: recycled by them (more regions than calls means batching worked).
+    zap_calls: int
+    regions_recycled: int
+    #: Receives that found the pinned-memory bound reached and used plain
+    #: heap buffers instead of pooled ones.
+    exhausted_receives: int
+    #: Times ``auto`` switched between zerocopy and copy.
+    mode_switches: int
+
+    @property
+    def mapped_fraction(self) -> float:
+        """Share of received bytes that arrived in mapped pages (0.0 to 1.0)."""
+        return self.bytes_mapped / self.bytes_received if self.bytes_received else 0.0

@@ -1,0 +1,137 @@
+"""A blocking ``MSG_ZEROCOPY`` sender: the peer whose pages aiozc can map.
+
+Over loopback (or veth), data sent with ``MSG_ZEROCOPY`` reaches the
+receiver in fresh whole pages that ``TCP_ZEROCOPY_RECEIVE`` can map; data sent
+with plain ``send()`` does not (see shared/KERNEL.md).  The demo, the tests
+and the benchmarks use this class as the far end of a connection.
+
+Two kernel rules shape it:
+
+* every buffer must stay alive and unchanged until the kernel's completion
+  notification for it arrives on the socket's error queue (on loopback the
+  copy happens at delivery, long after ``sendmsg`` returned), so the sender
+  keeps a reference to each ``bytes`` object until then;
+* completions must be reaped, or ``sendmsg`` starts failing with ENOBUFS
+  once the socket's option memory is full.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+from collections import deque
+from typing import final
+
+__all__ = ["ZeroCopySender", "SO_ZEROCOPY", "MSG_ZEROCOPY"]
+
+SO_ZEROCOPY = 60
+MSG_ZEROCOPY = 0x4000000
+_SO_EE_ORIGIN_ZEROCOPY = 5
+_SO_EE_CODE_ZEROCOPY_COPIED = 1
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+# struct sock_extended_err: ee_errno u32, ee_origin u8, ee_type u8,
+# ee_code u8, ee_pad u8, ee_info u32, ee_data u32.
+_EE = struct.Struct("=IBBBBII")
+
+
+@final
+class ZeroCopySender:
+    """Send ``bytes`` over a connected blocking TCP socket with MSG_ZEROCOPY.
+
+    ``zerocopy=False`` sends the same way with plain ``sendmsg`` (a peer
+    whose pages cannot be mapped), so tests can switch peers with one flag.
+    """
+
+    def __init__(self, sock: socket.socket, *, zerocopy: bool = True) -> None:
+        self._sock = sock
+        self._zerocopy = zerocopy
+        if zerocopy:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        self._next_id = 0
+        # (notification id, buffer) for every zerocopy sendmsg not yet
+        # completed, in id order.
+        self._held: deque[tuple[int, bytes]] = deque()
+        self._done_below = 0  # every id below this has completed
+        self._done_ranges: list[tuple[int, int]] = []
+        #: Completion notifications reaped, and how many of them said the
+        #: kernel copied the data after all.
+        self.completions = 0
+        self.copied_completions = 0
+        #: Payload bytes sent.
+        self.bytes_sent = 0
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``, keeping it referenced until the kernel is done."""
+        if not isinstance(data, bytes):
+            raise TypeError("ZeroCopySender.send() takes bytes (immutable), "
+                            f"not {type(data).__name__}")
+        view = memoryview(data)
+        flags = MSG_ZEROCOPY if self._zerocopy else 0
+        while view:
+            try:
+                n = self._sock.sendmsg([view], [], flags)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS and self._held:
+                    self._reap(block=True)
+                    continue
+                raise
+            if self._zerocopy:
+                self._held.append((self._next_id, data))
+                self._next_id += 1
+            self.bytes_sent += n
+            view = view[n:]
+            if self._held:
+                self._reap(block=False)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the kernel has released every buffer sent so far."""
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLERR)
+        while self._held:
+            if not poller.poll(int(timeout * 1000)):
+                raise TimeoutError(
+                    f"{len(self._held)} MSG_ZEROCOPY sends not completed in {timeout}s"
+                )
+            self._reap(block=False)
+
+    @property
+    def pending(self) -> int:
+        """Sends whose buffers the kernel may still be reading."""
+        return len(self._held)
+
+    def _reap(self, *, block: bool) -> None:
+        if block:
+            select.select([], [], [self._sock], 1.0)
+        while True:
+            try:
+                _, ancdata, _, _ = self._sock.recvmsg(
+                    0, socket.CMSG_SPACE(_EE.size + 64), socket.MSG_ERRQUEUE
+                    | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            for level, kind, payload in ancdata:
+                if (level, kind) not in ((socket.SOL_IP, _IP_RECVERR),
+                                         (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
+                    continue
+                ee_errno, origin, _, code, _, lo, hi = _EE.unpack_from(payload)
+                if origin != _SO_EE_ORIGIN_ZEROCOPY or ee_errno != 0:
+                    continue
+                self.completions += 1
+                if code & _SO_EE_CODE_ZEROCOPY_COPIED:
+                    self.copied_completions += 1
+                self._complete(lo, hi)
+
+    def _complete(self, lo: int, hi: int) -> None:
+        # Ids arrive as inclusive ranges, usually in order; an out-of-order
+        # range waits in _done_ranges until the gap before it fills.  (Ids
+        # are 32-bit in the kernel; this sender never makes 2**32 sends.)
+        self._done_ranges.append((lo, hi))
+        self._done_ranges.sort()
+        while self._done_ranges and self._done_ranges[0][0] <= self._done_below:
+            _, hi = self._done_ranges.pop(0)
+            self._done_below = max(self._done_below, hi + 1)
+        while self._held and self._held[0][0] < self._done_below:
+            self._held.popleft()
