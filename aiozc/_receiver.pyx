@@ -497,6 +497,17 @@ cdef class Receiver:
         self.pending = []
         self.pool.close()
 
+    @property
+    def has_pending(self):
+        """True when a pause held back views that are yet to be delivered."""
+        return bool(self.pending)
+
+    def note_copied(self, Py_ssize_t n):
+        """Count ``n`` bytes a driver received itself (plain protocols)."""
+        self.receive_calls += 1
+        self.bytes_copied += n
+        self.bytes_received += n
+
     def deliver_pending(self):
         """Hand views held back by a pause to the sink; False if paused again."""
         while self.pending:

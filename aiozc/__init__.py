@@ -1,0 +1,34 @@
+"""aiozc: Linux TCP receive zerocopy for asyncio and uvloop.
+
+A :class:`ZCProtocol` receives read-only memoryviews over pages the kernel
+mapped into the process (``TCP_ZEROCOPY_RECEIVE``), or over pooled copy
+buffers where mapping is unavailable or does not pay.  Start with
+:func:`create_connection` / :func:`create_server`, or run your program on a
+loop from :func:`new_event_loop` / :func:`run`.
+"""
+
+from ._config import ZCConfig as ZCConfig
+from ._connect import connect_accepted_socket as connect_accepted_socket
+from ._connect import create_connection as create_connection
+from ._connect import create_server as create_server
+from ._loop import new_event_loop as new_event_loop
+from ._loop import run as run
+from ._protocol import ZCProtocol as ZCProtocol
+from ._server import Server as Server
+from ._stats import ZCStats as ZCStats
+from ._transport import ZCTransport as ZCTransport
+
+__all__ = [
+    "Server",
+    "ZCConfig",
+    "ZCProtocol",
+    "ZCStats",
+    "ZCTransport",
+    "connect_accepted_socket",
+    "create_connection",
+    "create_server",
+    "new_event_loop",
+    "run",
+]
+
+__version__ = "0.1.0"

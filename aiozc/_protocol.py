@@ -1,0 +1,30 @@
+"""The protocol class that opts in to zerocopy views (:class:`ZCProtocol`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["ZCProtocol"]
+
+
+class ZCProtocol(asyncio.Protocol):
+    """An ``asyncio.Protocol`` that receives read-only memoryviews.
+
+    Subclass it and override :meth:`data_received`.  Build connections with
+    :func:`aiozc.create_connection`, :func:`aiozc.create_server`,
+    :func:`aiozc.connect_accepted_socket`, or the methods of a loop from
+    :func:`aiozc.new_event_loop`; each gives a ZCProtocol a
+    :class:`aiozc.ZCTransport`.
+    """
+
+    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+        """Called with each piece of the stream, in order, as a read-only view.
+
+        The view may lie over pages the kernel mapped into the process, or
+        over a pooled copy buffer.  It stays valid until you release it
+        (``data.release()``, ``with data:``, or dropping every reference to
+        it and to its slices); until then it pins its memory, up to
+        ``ZCConfig.max_pinned_bytes`` per connection.  Copy
+        (``bytes(data)``) what you keep for long.  Writing to it raises
+        ``TypeError``.
+        """
