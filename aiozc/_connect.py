@@ -51,7 +51,10 @@ def _refuse_tls(what: str, ssl: SSLContext | bool | None, **tls_only: object) ->
 
 def _check_stream(sock: socket.socket) -> None:
     if sock.type != socket.SOCK_STREAM:
-        raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        raise ValueError(
+            f"aiozc needs a stream socket (SOCK_STREAM), got {sock!r}; "
+            "use the loop's create_datagram_endpoint() for UDP"
+        )
 
 
 async def _resolve(

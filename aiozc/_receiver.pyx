@@ -231,8 +231,6 @@ cdef class _Pool:
                 if self.rstate[idx] == R_RETIRED:
                     self.rstate[idx] = R_DIRTY
                     self.ndirty += 1
-                if self.closed and self.window != NULL and self.views == 0:
-                    self._unmap()
         else:
             self.srefs[idx] -= 1
             if self.srefs[idx] == 0:
@@ -240,6 +238,10 @@ cdef class _Pool:
                 if self.closed:
                     free(self.slabs[idx])
                     self.slabs[idx] = NULL
+        if self.closed and self.views == 0 and self.window != NULL:
+            # The last view of a closed connection: the window (and with it
+            # the socket it maps) goes now, not when the pool is collected.
+            self._unmap()
         if self.starved and self.on_release is not None:
             self.starved = False
             try:
@@ -492,8 +494,23 @@ cdef class Receiver:
             mode_switches=self.mode_switches,
         )
 
+    @property
+    def holds_socket(self):
+        """True while the window is mapped (views hold it after close()).
+
+        The mapping references the socket's file, so closing the fd does
+        not end the connection while it exists: the driver shuts the socket
+        down explicitly in that case.
+        """
+        return self.pool.window != NULL
+
     def close(self):
-        """Stop for good: free what no view holds.  Views stay valid."""
+        """Stop for good: free what no view holds.  Views stay valid.
+
+        Call it before closing the fd; pump() refuses to run afterwards, so
+        a recycled fd number can never be read by mistake.
+        """
+        self.fd = -1
         self.pending = []
         self.pool.close()
 
@@ -528,6 +545,8 @@ cdef class Receiver:
         """
         cdef Py_ssize_t total = 0
         cdef Py_ssize_t n
+        if self.fd < 0:
+            raise RuntimeError("pump() called after close()")
         if self.pending and not self.deliver_pending():
             return 0
         while total < PUMP_BUDGET and not self.paused:
@@ -651,7 +670,9 @@ cdef class Receiver:
             if n > 0:
                 got += n
         if self.zc.err:
-            raise _oserror(self.zc.err)
+            # sock_error() reports a negative errno; the pending error is
+            # cleared by reading it, so it is raised exactly once.
+            raise _oserror(-self.zc.err if self.zc.err < 0 else self.zc.err)
         if timed and got:
             self._probe_sample(mapped, got, aiozc_thread_cpu_ns() - t0)
         elif self.policy == POLICY_AUTO:

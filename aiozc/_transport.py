@@ -457,9 +457,17 @@ class ZCTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            self._sock.close()
             self._rx.on_release = None
             self._rx.close()
+            if self._rx.holds_socket:
+                # Views still hold the window, and the mapping holds the
+                # socket's file open: close() alone would leave the
+                # connection up until the last view is released.
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._sock.close()
             server, self._server = self._server, None
             if server is not None:
                 server._detach(self)

@@ -295,7 +295,7 @@ def test_server_from_sock(run: Run) -> None:
         with pytest.raises(ValueError, match="Neither host/port nor sock"):
             await create_server(Echo)
         with socket.socket(type=socket.SOCK_DGRAM) as udp:
-            with pytest.raises(ValueError, match="Stream Socket"):
+            with pytest.raises(ValueError, match="stream socket"):
                 await create_server(Echo, sock=udp)
             with pytest.raises(ValueError, match="at the same time"):
                 await create_server(Echo, "127.0.0.1", 0, sock=udp)
@@ -358,7 +358,7 @@ def test_create_connection_argument_errors(run: Run) -> None:
         with pytest.raises(ValueError, match="host and port was not specified"):
             await create_connection(Echo)
         with socket.socket(type=socket.SOCK_DGRAM) as udp:
-            with pytest.raises(ValueError, match="Stream Socket"):
+            with pytest.raises(ValueError, match="stream socket"):
                 await create_connection(Echo, sock=udp)
             with pytest.raises(ValueError, match="at the same time"):
                 await create_connection(Echo, "127.0.0.1", 1, sock=udp)

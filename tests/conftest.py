@@ -1,0 +1,140 @@
+"""Shared fixtures: every test runs once per event loop, over real sockets.
+
+``run`` runs a coroutine on a fresh stdlib selector loop and on a fresh
+uvloop loop (the test is parametrized, as uvloop's own suite runs one mixin
+per loop).  The peers are real: a thread that sends with MSG_ZEROCOPY (pages
+the kernel can map) or with plain sendmsg (pages it cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvloop
+
+from aiozc.sender import ZeroCopySender
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "uvloop": uvloop.new_event_loop,
+}
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+@pytest.fixture(params=list(LOOPS))
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """The kind of event loop the test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def run(loop_name: str) -> Iterator[Run]:
+    """Run a coroutine on a fresh loop of each kind, failing after 60 s."""
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        yield lambda coro: runner.run(asyncio.wait_for(coro, 60))
+    gc.collect()
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Reproducible random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def sha(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Peer:
+    """A blocking peer in a thread: sends ``data`` in random-sized writes.
+
+    ``zerocopy=True`` sends with MSG_ZEROCOPY, so the kernel delivers whole
+    pages that the receiver can map; False sends with plain sendmsg.
+    ``finish`` says how the peer ends: 'shutdown' (FIN, then wait for the
+    receiver to close), 'close', or 'reset' (SO_LINGER 0: RST).
+    """
+
+    data: bytes
+    zerocopy: bool = True
+    finish: str = "shutdown"
+    max_write: int = 1 << 20
+    seed: int = 1
+    sent_sha: str = ""
+    error: BaseException | None = None
+    listener: socket.socket = field(default_factory=socket.socket)
+    thread: threading.Thread | None = None
+    before_finish: threading.Event | None = None
+
+    def __post_init__(self) -> None:
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+
+    @property
+    def port(self) -> int:
+        port: int = self.listener.getsockname()[1]
+        return port
+
+    def start(self) -> Peer:
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                sender = ZeroCopySender(conn, zerocopy=self.zerocopy)
+                rnd = random.Random(self.seed)
+                view = memoryview(self.data)
+                while view:
+                    n = min(len(view), rnd.randint(1, self.max_write))
+                    sender.send(bytes(view[:n]))
+                    view = view[n:]
+                sender.flush()
+                self.sent_sha = sha(self.data)
+                if self.before_finish is not None:
+                    self.before_finish.wait(30)
+                if self.finish == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                elif self.finish == "shutdown":
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(30)
+                    while conn.recv(65536):
+                        pass
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+        finally:
+            self.listener.close()
+
+    def join(self) -> None:
+        assert self.thread is not None
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "peer thread hung"
+        if self.error is not None:
+            raise self.error
+
+
+def count_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def count_maps() -> int:
+    """Entries in /proc/self/maps."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def count_socket_maps() -> int:
+    """Mappings of sockets (aiozc windows): shown as ``socket:[inode]``."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "socket:[" in line)
