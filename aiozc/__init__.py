@@ -7,7 +7,9 @@ buffers where mapping is unavailable or does not pay.  Start with
 loop from :func:`new_event_loop` / :func:`run`.
 """
 
+from ._config import ExhaustedPolicy as ExhaustedPolicy
 from ._config import ZCConfig as ZCConfig
+from ._config import ZerocopyPolicy as ZerocopyPolicy
 from ._connect import connect_accepted_socket as connect_accepted_socket
 from ._connect import create_connection as create_connection
 from ._connect import create_server as create_server
@@ -19,11 +21,13 @@ from ._stats import ZCStats as ZCStats
 from ._transport import ZCTransport as ZCTransport
 
 __all__ = [
+    "ExhaustedPolicy",
     "Server",
     "ZCConfig",
     "ZCProtocol",
     "ZCStats",
     "ZCTransport",
+    "ZerocopyPolicy",
     "connect_accepted_socket",
     "create_connection",
     "create_server",

@@ -27,4 +27,8 @@ class ZCProtocol(asyncio.Protocol):
         ``ZCConfig.max_pinned_bytes`` per connection.  Copy
         (``bytes(data)``) what you keep for long.  Writing to it raises
         ``TypeError``.
+
+        Type checkers: ``asyncio.Protocol`` declares ``data_received(bytes)``,
+        so an override taking ``memoryview`` needs
+        ``# type: ignore[override]`` under mypy, as this one has.
         """

@@ -32,8 +32,9 @@ class ZCStats:
     bytes_pinned: int
     #: How the connection receives right now: ``'zerocopy'`` or ``'copy'``.
     mode: Literal["zerocopy", "copy"]
-    #: Why the connection copies (None while it maps, or when it copies
-    #: only because ``zerocopy='never'``... which is also said here).
+    #: Why the connection copies right now (``zerocopy='never'``, the
+    #: kernel or socket refused, or what ``auto`` measured); None while it
+    #: maps.
     fallback_reason: str | None
     #: madvise(MADV_DONTNEED) calls made to recycle regions, and regions
     #: recycled by them (more regions than calls means batching worked).

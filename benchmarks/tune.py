@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
+import re
 import multiprocessing
 import os
 import platform
@@ -395,13 +397,47 @@ def _machine_info() -> str:
             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
 
 
-def _pick(values: Sequence[int], cost: Callable[[int], float],
-          prefer: Callable[[int], float]) -> int:
-    """The value to recommend: among those within _NOISE of the cheapest
-    median, the one that ``prefer`` ranks lowest (e.g. the smallest)."""
-    best = min(cost(v) for v in values)
-    ok = [v for v in values if cost(v) <= best * (1 + _NOISE)]
-    return min(ok, key=prefer)
+@dataclass(frozen=True)
+class Paired:
+    """A cell against a baseline, repeat by repeat (runs of one repeat ran
+    seconds apart, so slow drifts of the machine cancel out)."""
+
+    #: Median over repeats of (cell / baseline - 1), in percent.
+    pct: float
+    #: Repeats in which the cell was cheaper than the baseline.
+    wins: int
+    n: int
+
+    @property
+    def consistent(self) -> bool:
+        """The sign held in at least 80% of the repeats (a sign test)."""
+        need = math.ceil(0.8 * self.n)
+        return (self.wins if self.pct < 0 else self.n - self.wins) >= need
+
+    @property
+    def better(self) -> bool:
+        """Cheaper by at least _NOISE, consistently."""
+        return self.consistent and self.pct <= -100 * _NOISE
+
+    @property
+    def worse(self) -> bool:
+        """Dearer by at least _NOISE, consistently."""
+        return self.consistent and self.pct >= 100 * _NOISE
+
+    def __str__(self) -> str:
+        return f"{self.pct:+.1f}% ({self.wins}/{self.n} cheaper)"
+
+
+def _paired(xs: Sequence[float], base: Sequence[float]) -> Paired:
+    ratios = [100.0 * (x / b - 1.0) for x, b in zip(xs, base)]
+    return Paired(_med(ratios), sum(1 for r in ratios if r < 0), len(ratios))
+
+
+def _recommend(default: int, alternatives: dict[int, Paired]) -> int:
+    """Keep ``default`` unless an alternative is consistently cheaper by
+    at least _NOISE; then the cheapest such alternative."""
+    better = {v: p for v, p in alternatives.items() if p.better}
+    return min(better, key=lambda v: better[v].pct) if better else default
 
 
 # -- section 5: probe convergence ------------------------------------------

@@ -74,6 +74,8 @@ class Peer:
     listener: socket.socket = field(default_factory=socket.socket)
     thread: threading.Thread | None = None
     before_finish: threading.Event | None = None
+    #: The receiver may close first: a broken pipe or reset is no error.
+    may_be_cut_off: bool = False
 
     def __post_init__(self) -> None:
         self.listener.bind(("127.0.0.1", 0))
@@ -112,7 +114,8 @@ class Peer:
                     while conn.recv(65536):
                         pass
         except BaseException as exc:  # reported by join()
-            self.error = exc
+            if not (self.may_be_cut_off and isinstance(exc, ConnectionError)):
+                self.error = exc
         finally:
             self.listener.close()
 

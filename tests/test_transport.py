@@ -344,7 +344,7 @@ class TestFaults:
             loop = asyncio.get_running_loop()
             errors: list[dict[str, Any]] = []
             loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
-            peer = Peer(payload(MiB), finish="close").start()
+            peer = Peer(payload(4 * MiB), finish="close", may_be_cut_off=True).start()
             _, proto = await aiozc.create_connection(Boom, "127.0.0.1", peer.port)
             await proto.lost
             await loop.run_in_executor(None, peer.join)
