@@ -20,8 +20,10 @@ MiB = 1024 * KiB
 class ZCConfig:
     """Tunables for one aiozc connection; pass it as ``config=``.
 
-    Every default below was measured on the project's machines (Linux 6.18,
-    x86_64, 4 KiB pages); ``benchmarks/tune.py`` reruns the measurement.
+    The comments beside the defaults quote ``python -m benchmarks.tune``
+    on the project's machines (Linux 6.18, x86_64, 2 vCPUs, 4 KiB pages;
+    full tables in docs/tuning.md): receiver CPU per MB, medians of 15
+    interleaved runs, with a sink that CRC32s every byte.
     """
 
     # ``auto`` decides per connection, from measurement, whether mapping or
@@ -32,58 +34,66 @@ class ZCConfig:
     # the reverse, and ``auto`` maps.
     zerocopy: ZerocopyPolicy = "auto"
 
-    # Address space reserved per connection for mapped pages (one
-    # mmap() of the socket).  It bounds how much mapped memory the
-    # application's views can pin.  16 MiB = 32 regions of 512 KiB: enough
-    # that the batched zap (one madvise per 4 regions) never waits for the
-    # application in a bulk transfer, and only address space (not memory)
-    # when idle.  1,000 connections reserve 16 GiB of the 128 TiB x86_64
-    # user address space.
+    # Address space reserved per connection for mapped pages (one mmap() of
+    # the socket); it bounds the mapped memory views can pin.  Not tuned by
+    # measurement but derived: 32 regions of 512 KiB leave 27 free for the
+    # application to hold while 4 wait for the batched zap and 1 fills, and
+    # cost only address space when idle (1,000 connections reserve 16 GiB of
+    # the 128 TiB x86_64 user address space).
     window_size: int = 16 * MiB
 
     # The window is carved into regions; a region is recycled (zapped and
-    # reused) once every view over it has been released.  512 KiB is the
-    # per-call size at which shared/KERNEL.md measured the mapping cost;
-    # smaller regions recycle sooner but cost more madvise calls.
+    # reused) once every view over it has been released.  Measured against
+    # 512 KiB: 128 KiB regions cost -1.5% (within noise: 9 of 15 runs
+    # cheaper) for 4x the madvise calls, and 2 MiB regions +14.3% (0 of 15
+    # runs cheaper).
     region_size: int = 512 * KiB
 
-    # Bytes asked of the kernel per receive call, mapped or copied.  256 KiB
-    # is what CPython's selector transport reads per call (max_size), and
-    # what benchmarks/tune.py found to be the knee: 64 KiB costs ~15% more
-    # CPU per MB in copy mode, 1 MiB saves under 2% and pins 4x more.
+    # Bytes asked of the kernel per receive call, mapped or copied (and the
+    # size of a copy slab).  Measured against 256 KiB: 64 KiB costs +3.5%
+    # when copying and +6.7% when mapping; 1 MiB saves 0.4% and 0.2% (noise)
+    # while pinning 4x more memory per held view.  256 KiB is also what
+    # CPython's selector transport reads per call.
     receive_size: int = 256 * KiB
 
     # The hybrid copy buffer handed to TCP_ZEROCOPY_RECEIVE.  The kernel
     # uses it twice: a queue of at most this many bytes is copied whole in
-    # the one call (the small-read threshold: such reads never map), and the
-    # unaligned straggler after the mapped pages is copied into it (on
-    # loopback one straggler is ~4 KiB per 64 KiB skb).  16 KiB holds any
-    # single straggler, so no second recv() is needed, and keeps frames of
-    # 32 KiB and up on the mapped path.
+    # the one call (so it is also the small-read threshold: such reads never
+    # map), and the unaligned straggler after the mapped pages (~4 KiB per
+    # 64 KiB skb on loopback) is copied into it.  Measured against 16 KiB:
+    # none at all costs +5.8% (a second recv() per call: 30.8 calls/MB
+    # instead of 15.3); 4 KiB +0.6%; 64 KiB is as cheap but maps only 86.6%
+    # of the bytes instead of 93.8%, because whole queues under 64 KiB are
+    # copied instead of mapped.
     copybuf_size: int = 16 * KiB
 
     # Upper bound on memory the application's live views may pin (mapped
     # pages plus pooled copy buffers).  Past it, new data arrives in plain
     # heap buffers (``on_exhausted='copy'``) or reading pauses until views
-    # are released (``'pause'``).  64 MiB is 4 windows' worth: a streams
-    # reader holding a few partial frames never comes near it.
+    # are released (``'pause'``).  A policy bound, not a tuned one: 64 MiB
+    # is the whole window plus 192 copy slabs, far above what an
+    # application that releases views within a frame or two ever pins.
     max_pinned_bytes: int = 64 * MiB
 
     on_exhausted: ExhaustedPolicy = "copy"
 
     # ``auto`` probes each mode for this many bytes before comparing their
-    # measured CPU cost per byte.  4 MiB is ~120 receive calls on loopback,
-    # enough for the median cost to settle within 5% (benchmarks/tune.py).
+    # measured CPU cost per byte.  Measured: a first probe of 4 MiB per mode
+    # picked the cheaper mode in 100% of 225 pairings, and the expected cost
+    # of probing plus wrong decisions was lowest at 4 MiB (1.4 us/MB, against
+    # 7.0 at 1 MiB and 7.4 at 32 MiB).
     probe_bytes: int = 4 * MiB
 
-    # How long ``auto`` keeps its decision before probing again.  256 MiB
-    # keeps probing below 2% of the bytes while following a peer that
-    # changes behaviour within a fraction of a second at loopback speeds.
+    # How long ``auto`` keeps its decision before probing again.  With 4 MiB
+    # probes, 256 MiB sends 1.6% of the bytes through the losing mode (about
+    # 1 us/MB at the 74 us/MB gap measured between the modes here) while
+    # following a peer that changes behaviour within ~0.1 s at loopback
+    # speeds.  Not varied by the benchmark.
     reprobe_bytes: int = 256 * MiB
 
     # ``auto`` stops mapping when less than this fraction of probed bytes
-    # could be mapped: a plain send() peer over loopback maps 0%, a
-    # MSG_ZEROCOPY peer ~88-94%.
+    # could be mapped.  Measured: a plain send() peer over loopback maps
+    # 0.0%, a MSG_ZEROCOPY peer 93.8%; any threshold between separates them.
     min_mapped_fraction: float = 0.5
 
     def __post_init__(self) -> None:

@@ -403,6 +403,7 @@ cdef class Receiver:
     cdef list pending
     cdef aiozc_zc_receive zc
     cdef bint drained
+    cdef int64_t recv_ns
     # configuration
     cdef size_t receive_size
     cdef size_t copybuf_size
@@ -671,15 +672,17 @@ cdef class Receiver:
         if skip and not self.paused:
             # Unmappable bytes the copy buffer could not take: recv exactly
             # those, so that the pages after them stay mappable.
+            self.recv_ns = 0
             n = self._copy_round(skip)
             if n > 0:
                 got += n
+                t0 += self.recv_ns
         if self.zc.err:
             # sock_error() reports a negative errno; the pending error is
             # cleared by reading it, so it is raised exactly once.
             raise _oserror(-self.zc.err if self.zc.err < 0 else self.zc.err)
-        if timed and mapped + copied:
-            self._probe_sample(mapped, mapped + copied, t0)
+        if timed and got:
+            self._probe_sample(mapped, got, t0)
         elif self.policy == POLICY_AUTO:
             self._steady_sample(mapped, got)
         return got
@@ -691,7 +694,10 @@ cdef class Receiver:
         cdef int sidx, err
         cdef char *buf
         cdef int64_t t0 = 0
-        cdef bint timed = self.phase == PH_PROBE_COPY and self._mode == MODE_COPY
+        # Timed whenever auto is probing: in the copy probe this round is
+        # the sample; in the mapping probe it is the skip-hint recv, whose
+        # cost the mapping round adds to its own (self.recv_ns).
+        cdef bint timed = self.phase != PH_STEADY
         if timed:
             t0 = aiozc_thread_cpu_ns()
         room = pool.slab_room(limit, min(limit, self.receive_size // 4))
@@ -718,7 +724,11 @@ cdef class Receiver:
         self.bytes_copied += n
         self.bytes_received += n
         if timed:
-            self._probe_sample(0, n, aiozc_thread_cpu_ns() - t0)
+            t0 = aiozc_thread_cpu_ns() - t0
+            if self._mode == MODE_COPY:
+                self._probe_sample(0, n, t0)
+            else:
+                self.recv_ns = t0
         elif self.policy == POLICY_AUTO and self._mode == MODE_COPY:
             self._steady_sample(0, n)
         self.sink(pool.view(KIND_SLAB, sidx, buf, n))
@@ -773,6 +783,12 @@ cdef class Receiver:
         self.phase_mapped += mapped
         self.phase_ns += ns
         if self.phase_bytes < self.probe_bytes:
+            if (self.phase == PH_PROBE_ZC and self.phase_mapped == 0
+                    and self.phase_bytes >= self.probe_bytes // 16):
+                # Not one page mapped in a sixteenth of the probe: a peer
+                # whose data the kernel cannot map (plain send() on
+                # loopback).  No need to pay for the rest of the probe.
+                self._settle(MODE_COPY, "auto: none of the peer's bytes could be mapped")
             return
         cdef double frac, cost = <double>self.phase_ns / <double>self.phase_bytes
         if self.phase == PH_PROBE_ZC:

@@ -28,7 +28,7 @@ and system time, including the softirq work the kernel charges to it) from
 the first ``poll`` to EOF, per MB (10**6 bytes) received; ``getrusage`` gives
 the user/system split.  Throughput is bytes over the receiver's wall time.
 
-Runs are interleaved (A B C ... A B C ...) after one discarded warm-up round,
+Runs are interleaved (A B C, C B A, A B C, ...) after a discarded warm-up,
 so slow drifts of a shared machine hit every cell alike; tables show the
 median of the repeats and the min-max spread.  Cells shared between sections
 (the defaults) are run once per repeat and reported in each section.
@@ -525,6 +525,34 @@ def _run_cost(r: Run) -> float:
     return sum(r.pump_ns) / sum(r.pump_bytes)
 
 
+def _decisions(zruns: Sequence[Run], cruns: Sequence[Run], p: int, nbytes: int,
+               truth_map: bool, steady_start: int) -> tuple[float, int, float, int]:
+    """How often P-byte probes pick the truly cheaper mode.
+
+    First probe: every pairing of a mapping run's [0, P) with a copying run's
+    [P, 2P).  Reprobe: within each repeat, mapping over [s, s+P) against
+    copying over [s+P, s+2P), s = steady_start, steady_start + 2P, ...
+    Returns (share right, pairings, share right, windows); NaN when none.
+    """
+    zs = [_window_cost(r.pump_bytes, r.pump_ns, 0, p) for r in zruns]
+    cs = [_window_cost(r.pump_bytes, r.pump_ns, p, p) for r in cruns]
+    pairs = [(z, c) for z in zs for c in cs if z is not None and c is not None]
+    first = (sum(1 for z, c in pairs if (z < c) == truth_map) / len(pairs)
+             if pairs else math.nan)
+    tot = good = 0
+    for rz, rc in zip(zruns, cruns):
+        s0 = steady_start
+        while s0 + 2 * p <= nbytes:
+            z = _window_cost(rz.pump_bytes, rz.pump_ns, s0, p)
+            c = _window_cost(rc.pump_bytes, rc.pump_ns, s0 + p, p)
+            if z is None or c is None:
+                break
+            tot += 1
+            good += (z < c) == truth_map
+            s0 += 2 * p
+    return first, len(pairs), (good / tot if tot else math.nan), tot
+
+
 _REASON = re.compile(r"\((\d+) vs (\d+) us/MB")
 
 
@@ -590,7 +618,9 @@ def run_all(plan: Plan, nbytes: int, repeats: int, sender: SenderProcess,
         run_cell(c, warm, sender)
     t_start = time.monotonic()
     for rep in range(repeats):
-        for c in cells:
+        # A B C, then C B A, ...: still interleaved, and neither a slow drift
+        # nor whatever a cell leaves behind favours the cells run early.
+        for c in (cells if rep % 2 == 0 else cells[::-1]):
             results[c].append(run_cell(c, nbytes, sender))
         done = rep + 1
         eta = (time.monotonic() - t_start) / done * (repeats - done)
@@ -735,10 +765,9 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
                          f"{mcpu(touch) - mcpu(c):.0f}", col(c, "mb_per_s")])
         w(_table(["peer", "zerocopy", "CPU µs/MB, no touch", "paired Δ vs never",
                   "touching adds µs/MB (median diff)", "MB/s"], rows) + "\n")
-    w("End state of every `auto` run (`stats.mode`, `fallback_reason`). Note: in "
-      "`auto`'s own probe figures the mapping cost includes the sink's work and "
-      "the copying cost does not (`_zc_round` stops its clock after calling the "
-      "sink, `_copy_round` before).\n")
+    w("End state of every `auto` run (`stats.mode`, `fallback_reason`), and "
+      "`auto`'s own figures from its last probe (as the engine times them; the "
+      "tables above time the whole receive loop, sink included).\n")
     for peer, pol, c in plan.sec4:
         if pol != "auto":
             continue
@@ -763,10 +792,11 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
         probes = 1 + max(0, nbytes - 2 * _DEFAULT.probe_bytes) // _DEFAULT.reprobe_bytes
         odd = [r for r in res[c]
                if r.bytes_mapped > (probes + 1) * _DEFAULT.probe_bytes]
-        if odd:
-            w(f"  - {len(odd)} run(s) mapped far more than probing accounts for "
-              f"({', '.join(f'{r.mapped_pct:.0f}%' for r in odd)} of the stream): "
-              "a probe chose mapping, and only a later reprobe went back to copying")
+        if peer == "zc":
+            w(f"  - each run made {probes} decision(s); in {len(odd)} of {len(res[c])} "
+              "runs a decision chose mapping"
+              + (f" (those runs mapped {', '.join(f'{r.mapped_pct:.0f}%' for r in odd)} "
+                 "of the stream)" if odd else ""))
     w("")
     a, n, au = (mcpu(s4[("zc", p)]) for p in ("always", "never", "auto"))
     pa, pn, pau = (mcpu(s4[("plain", p)]) for p in ("always", "never", "auto"))
@@ -784,10 +814,13 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
     line += (f". 'auto' costs {au:.0f} µs/MB with this peer (paired vs the cheaper fixed "
              f"mode {p_auto_zc}) and {pau:.0f} with the plain peer ({p_auto_pl}; there "
              f"'always' costs {pa:.0f} and 'never' {pn:.0f}). ")
-    auto_ok = not p_auto_zc.worse and not p_auto_pl.worse
+    dearer = [name for name, pp in (("MSG_ZEROCOPY", p_auto_zc), ("plain", p_auto_pl))
+              if pp.worse]
     line += ("The data supports **'auto'**: it lands on the cheaper mode with both peers."
-             if auto_ok else
-             "'auto' is consistently dearer than the cheaper fixed mode here; see above.")
+             if not dearer else
+             f"'auto' is consistently dearer than the cheaper fixed mode with the "
+             f"{' and '.join(dearer)} peer here (see the end states above); it still "
+             "avoids the dearer mode's cost.")
     recs.append(line)
 
     # ---- 5 -----------------------------------------------------------------
@@ -858,27 +891,40 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
     rows = []
     first_ok: dict[int, float] = {}
     re_ok: dict[int, float] = {}
+    overhead: dict[int, float] = {}
+    nt_pair = ((nt[("zc", "always")], nt[("zc", "never")])
+               if ("zc", "always") in nt and ("zc", "never") in nt else None)
     for p in _PROBE_CANDIDATES:
-        zs = [_window_cost(r.pump_bytes, r.pump_ns, 0, p) for r in res[zc_cell]]
-        cs = [_window_cost(r.pump_bytes, r.pump_ns, p, p) for r in res[never_zc]]
-        pairs = [(z, cc) for z in zs for cc in cs if z is not None and cc is not None]
-        right = sum(1 for z, cc in pairs if (z < cc) == truth_map)
-        first_ok[p] = right / len(pairs) if pairs else float("nan")
-        tot = good = 0
-        for rz, rc in zip(res[zc_cell], res[never_zc]):
-            s0 = steady_start
-            while s0 + 2 * p <= nbytes:
-                z = _window_cost(rz.pump_bytes, rz.pump_ns, s0, p)
-                cc = _window_cost(rc.pump_bytes, rc.pump_ns, s0 + p, p)
-                if z is None or cc is None:
-                    break
-                tot += 1
-                good += (z < cc) == truth_map
-                s0 += 2 * p
-        re_ok[p] = good / tot if tot else float("nan")
-        rows.append([_size(p), f"{100 * first_ok[p]:.0f}% of {len(pairs)}" if pairs else "–",
-                     f"{100 * re_ok[p]:.0f}% of {tot}" if tot else "–"])
-    w(_table(["P (probe_bytes)", "first probe right", "reprobe right"], rows) + "\n")
+        first_ok[p], npairs, re_ok[p], tot = _decisions(
+            res[zc_cell], res[never_zc], p, nbytes, truth_map, steady_start)
+        pairs = npairs > 0
+        ro = ["–", "–"]
+        if nt_pair is not None:
+            f2, n2, r2, t2 = _decisions(res[nt_pair[0]], res[nt_pair[1]], p, nbytes,
+                                        truth_map, steady_start)
+            ro = [f"{100 * f2:.0f}%" if n2 else "–", f"{100 * r2:.0f}%" if t2 else "–"]
+        # Expected cost of auto's probing with this P, per byte received:
+        # every reprobe cycle (R + 2P bytes) sends P bytes through the losing
+        # mode, and a wrong decision sends R more.
+        wrong = 1.0 - (re_ok[p] if tot else first_ok[p] if pairs else math.nan)
+        r_b = _DEFAULT.reprobe_bytes
+        overhead[p] = abs(a - n) * (p + wrong * r_b) / (r_b + 2 * p)
+        rows.append([_size(p), f"{100 * first_ok[p]:.0f}% of {npairs}" if pairs else "–",
+                     f"{100 * re_ok[p]:.0f}% of {tot}" if tot else "–", *ro,
+                     "–" if math.isnan(overhead[p]) else f"{overhead[p]:.1f}"])
+    w(_table(["P (probe_bytes)", "first probe right", "reprobe right",
+              "first probe right, receive-only timing", "reprobe right, receive-only timing",
+              f"expected overhead µs/MB (reprobe_bytes {_size(_DEFAULT.reprobe_bytes)})"],
+             rows) + "\n")
+    w("The reprobe column pairs windows of two different connections (one per "
+      "mode, same repeat), so it includes connection-to-connection variation that "
+      "a real reprobe (both modes back to back on one connection) does not: it is "
+      "a pessimistic bound. The *receive-only* columns repeat the exercise with "
+      "the runs whose sink does not read the bytes (section 4), i.e. with the "
+      "first touch of the bytes left out of the timing, against the same truth. "
+      "*Expected overhead* = gap × (P + (1 − reprobe right) × "
+      "reprobe_bytes) / (reprobe_bytes + 2P): the CPU per MB that probing and wrong "
+      f"decisions add on average, with the {abs(a - n):.0f} µs/MB gap measured here.\n")
 
     d_pb = _DEFAULT.probe_bytes
 
@@ -886,30 +932,24 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
         """Right in at least 95% of first probes and reprobes (where measured)."""
         return all(math.isnan(x) or x >= 0.95 for x in (first_ok[p], re_ok[p]))
 
-    measured = [p for p in _PROBE_CANDIDATES
-                if not (math.isnan(first_ok[p]) and math.isnan(re_ok[p]))]
-    # The smallest P from which every measured larger P is reliable too.
-    need: int | None = None
-    for p in reversed(measured):
-        if not reliable(p):
-            break
-        need = p
-
     def pct(x: float) -> str:
         return "–" if math.isnan(x) else f"{100 * x:.0f}%"
 
+    known = {p: o for p, o in overhead.items() if not math.isnan(o)}
+    best_p = min(known, key=lambda p: known[p]) if known else None
     line = (f"- **probe_bytes** (default {_size(d_pb)}): at {_size(d_pb)} the first "
             f"probe picks the cheaper mode in {pct(first_ok.get(d_pb, math.nan))} of "
-            f"pairings and a reprobe in {pct(re_ok.get(d_pb, math.nan))}; from "
-            + (f"**{_size(need)}** up" if need else "no measured size up")
-            + " every size measured is right in at least 95% of both. ")
-    if need is not None and need <= d_pb:
-        line += ("The data supports the current default" +
-                 (f" (and {_size(need)} would do)." if need < d_pb else "."))
-    elif need is not None:
-        line += f"The data supports raising it to {_size(need)}."
+            f"pairings and a (pessimistic) reprobe in {pct(re_ok.get(d_pb, math.nan))}; "
+            "the expected overhead of probing plus wrong decisions is "
+            + ", ".join(f"{_size(p)} {o:.1f}" for p, o in known.items()) + " µs/MB. ")
+    if best_p is None:
+        line += "Runs too short to judge."
+    elif best_p == d_pb or known.get(d_pb, math.inf) <= known[best_p] + 0.02 * min(a, n):
+        line += (f"The data supports the current default (the optimum, {_size(best_p)}, "
+                 f"would save less than 2% of the cheaper mode's cost)." if best_p != d_pb
+                 else "The data supports the current default (it is the optimum).")
     else:
-        line += "No probe size measured decides reliably on this machine."
+        line += f"The data supports {_size(best_p)}."
     line += (" A 5% estimate is not what makes it work: the two modes differ by "
              f"{abs(a - n) / min(a, n):.0%} here, far more than the probes' error.")
     recs.append(line)
