@@ -755,8 +755,9 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
     if nt:
         w("The same cells with a sink that releases each view **without reading it**: "
           "what receiving alone costs. The difference to the table above is what the "
-          "first touch of the bytes costs (mapped pages arrive cache-cold and "
-          "TLB-cold; copied bytes were just written by the copy).\n")
+          "first touch of the bytes costs (presumably more for mapped pages because "
+          "they arrive cache- and TLB-cold, while copied bytes were just written by "
+          "the copy).\n")
         rows = []
         for peer, pol, c in plan.sec4_notouch:
             touch = s4[(peer, pol)]
@@ -965,8 +966,9 @@ def report(plan: Plan, res: dict[Cell, list[Run]], nbytes: int, repeats: int,
                 f"varied; a reprobe runs each mode for probe_bytes, so "
                 f"{100 * share:.1f}% of the bytes go through the losing mode. At the "
                 f"{abs(a - n):.0f} µs/MB gap measured here that is about "
-                f"{abs(a - n) * share:.0f} µs/MB on average, in line with 'auto' vs the "
-                f"cheaper fixed mode above ({p_auto_zc.pct:+.1f}%).")
+                f"{abs(a - n) * share:.0f} µs/MB on average; 'auto' measured "
+                f"{p_auto_zc.pct:+.1f}% vs the cheaper fixed mode with the MSG_ZEROCOPY "
+                "peer, the rest being wrong decisions and noise.")
     recs.append("- **window_size**, **max_pinned_bytes**, **on_exhausted**: not exercised "
                 "(the sink releases every view at once, so the window never fills; "
                 "`exhausted_receives` was at most "

@@ -1,8 +1,7 @@
 """aiozc's event loops (new_event_loop, run) and their connection methods.
 
 Every test runs on both aiozc loops (stdlib selector and uvloop) with real
-loopback sockets.  Tests needing the zerocopy transport are marked
-``needs_transport``.
+loopback sockets.  The ZCProtocol tests check that ZCTransports are built.
 """
 
 from __future__ import annotations
@@ -44,16 +43,6 @@ def loop_run(use_uvloop: bool) -> Iterator[Run]:
         yield lambda coro: runner.run(asyncio.wait_for(coro, 10))
 
 
-def _zc_transport_ready() -> bool:
-    try:
-        from aiozc._transport import ZCTransport  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# TODO(transport): these need aiozc._transport.ZCTransport.
-needs_transport = pytest.mark.skipif(not _zc_transport_ready(), reason="needs aiozc._transport")
 
 
 class Echo(asyncio.Protocol):
@@ -281,7 +270,6 @@ def test_tls_server_refuses_zc_protocol(
 # ----------------------------------------------------------------- zerocopy
 
 
-@needs_transport
 def test_zc_create_connection_and_server(loop_run: Run) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

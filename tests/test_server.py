@@ -2,8 +2,7 @@
 
 Every test runs on the stdlib loop and on uvloop, with real loopback sockets.
 Most use plain ``asyncio.Protocol`` factories (which aiozc hands to the loop's
-usual transport); those needing the zerocopy transport are marked
-``needs_transport``.
+usual transport); the last ones use a ZCProtocol.
 """
 
 from __future__ import annotations
@@ -12,40 +11,15 @@ import asyncio
 import errno
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-import uvloop
 
 from aiozc._connect import connect_accepted_socket, create_connection, create_server
+from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
+from conftest import Run
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    """Run a coroutine on a fresh loop of each kind, failing after 10 s."""
-    with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
-        yield lambda coro: runner.run(asyncio.wait_for(coro, 10))
-
-
-def _zc_transport_ready() -> bool:
-    try:
-        from aiozc._transport import ZCTransport  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# TODO(transport): these exercise ZCTransport through aiozc.Server; they
-# run once aiozc._transport exists.
-needs_transport = pytest.mark.skipif(not _zc_transport_ready(), reason="needs aiozc._transport")
 
 
 class Echo(asyncio.Protocol):
@@ -408,18 +382,10 @@ def test_connect_accepted_socket_plain(run: Run) -> None:
 # ----------------------------------------------------------------- zerocopy
 
 
-class ZCEcho(Echo):
-    """Placeholder; made a ZCProtocol below when the transport exists."""
+class ZCEcho(Echo, ZCProtocol):
+    """Echo on a zerocopy connection."""
 
 
-if _zc_transport_ready():
-    from aiozc._protocol import ZCProtocol
-
-    class ZCEcho(Echo, ZCProtocol):  # type: ignore[no-redef]
-        """Echo on a zerocopy connection."""
-
-
-@needs_transport
 def test_zc_server_tracks_connections(run: Run) -> None:
     async def main() -> None:
         protocols: list[Echo] = []
@@ -446,7 +412,6 @@ def test_zc_server_tracks_connections(run: Run) -> None:
     run(main())
 
 
-@needs_transport
 def test_zc_create_connection(run: Run) -> None:
     async def main() -> None:
         async with await create_server(Echo, "127.0.0.1", 0) as server:
@@ -459,7 +424,6 @@ def test_zc_create_connection(run: Run) -> None:
     run(main())
 
 
-@needs_transport
 def test_zc_connect_accepted_socket_refuses_tls(run: Run) -> None:
     async def main() -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
