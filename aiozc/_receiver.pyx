@@ -687,6 +687,25 @@ cdef class Receiver:
             self._steady_sample(mapped, got)
         return got
 
+    cdef Py_ssize_t _recv(self, char *buf, size_t room) except? _ERROR:
+        """recv() into buf: bytes read, 0 (EAGAIN), _EOF, or raise."""
+        cdef ssize_t n
+        with nogil:
+            while True:
+                n = recv(self.fd, buf, room, 0)
+                if n >= 0 or errno != EINTR:
+                    break
+        self.receive_calls += 1
+        if n < 0:
+            if errno == EAGAIN:  # EWOULDBLOCK is the same on Linux
+                return 0
+            PyErr_SetFromErrno(OSError)
+            return _ERROR
+        if n == 0:
+            return _EOF
+        self.drained = <size_t>n < room
+        return n
+
     cdef Py_ssize_t _copy_round(self, size_t limit) except? _ERROR:
         cdef _Pool pool = self.pool
         cdef size_t room
@@ -705,21 +724,9 @@ cdef class Receiver:
             return self._exhausted_round(limit)
         sidx = pool.cur_slab
         buf = pool.slabs[sidx] + pool.sused[sidx]
-        with nogil:
-            while True:
-                n = recv(self.fd, buf, room, 0)
-                if n >= 0 or errno != EINTR:
-                    break
-        self.receive_calls += 1
-        if n < 0:
-            err = errno
-            if err == EAGAIN:  # EWOULDBLOCK is the same on Linux
-                return 0
-            PyErr_SetFromErrno(OSError)
-            return _ERROR
-        if n == 0:
-            return _EOF
-        self.drained = <size_t>n < room
+        n = self._recv(buf, room)
+        if n <= 0:
+            return n
         pool.sused[sidx] += n
         self.bytes_copied += n
         self.bytes_received += n
@@ -744,21 +751,9 @@ cdef class Receiver:
             return _STARVED
         data = PyBytes_FromStringAndSize(NULL, limit)
         buf = PyBytes_AS_STRING(data)
-        with nogil:
-            while True:
-                n = recv(self.fd, buf, limit, 0)
-                if n >= 0 or errno != EINTR:
-                    break
-        self.receive_calls += 1
-        if n < 0:
-            err = errno
-            if err == EAGAIN:  # EWOULDBLOCK is the same on Linux
-                return 0
-            PyErr_SetFromErrno(OSError)
-            return _ERROR
-        if n == 0:
-            return _EOF
-        self.drained = <size_t>n < limit
+        n = self._recv(buf, limit)
+        if n <= 0:
+            return n
         self.exhausted_receives += 1
         self.bytes_copied += n
         self.bytes_received += n

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from aiozc import ZCProtocol
 from aiozc.sender import ZeroCopySender
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -43,6 +44,28 @@ def run(loop_name: str) -> Iterator[Run]:
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         yield lambda coro: runner.run(asyncio.wait_for(coro, 60))
     gc.collect()
+
+
+class Echo(asyncio.Protocol):
+    """Echoes everything; records its transport and when it is lost."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class ZCEcho(Echo, ZCProtocol):
+    """Echo on a zerocopy connection."""
 
 
 def payload(size: int, seed: int = 0) -> bytes:

@@ -24,6 +24,7 @@ from aiozc import _loop
 from aiozc._loop import new_event_loop, run
 from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
+from conftest import Echo, ZCEcho
 
 KINDS = {"asyncio": False, "uvloop": True}
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -43,28 +44,6 @@ def loop_run(use_uvloop: bool) -> Iterator[Run]:
         yield lambda coro: runner.run(asyncio.wait_for(coro, 10))
 
 
-
-
-class Echo(asyncio.Protocol):
-    """Echoes everything; records its transport and when it is lost."""
-
-    def __init__(self) -> None:
-        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
-        self.lost = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-
-class ZCEcho(Echo, ZCProtocol):
-    """Echo on a zerocopy connection."""
 
 
 def _closed_port() -> int:

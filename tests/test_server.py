@@ -18,27 +18,9 @@ import pytest
 from aiozc._connect import connect_accepted_socket, create_connection, create_server
 from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
+from conftest import Echo, ZCEcho
 from conftest import Run
 
-
-
-class Echo(asyncio.Protocol):
-    """Echoes everything; records its transport and when it is lost."""
-
-    def __init__(self) -> None:
-        # Any: uvloop's transports do not derive from asyncio.Transport.
-        self.transport: Any = None
-        self.lost = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
 
 
 def _port(server: Server, i: int = 0) -> int:
@@ -380,10 +362,6 @@ def test_connect_accepted_socket_plain(run: Run) -> None:
 
 
 # ----------------------------------------------------------------- zerocopy
-
-
-class ZCEcho(Echo, ZCProtocol):
-    """Echo on a zerocopy connection."""
 
 
 def test_zc_server_tracks_connections(run: Run) -> None:
