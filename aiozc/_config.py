@@ -23,7 +23,8 @@ class ZCConfig:
     The comments beside the defaults quote ``python -m benchmarks.tune``
     on the project's machines (Linux 6.18, x86_64, 2 vCPUs, 4 KiB pages;
     full tables in docs/tuning.md): receiver CPU per MB, medians of 15
-    interleaved runs, with a sink that CRC32s every byte.
+    interleaved runs paired against the default, with a sink that CRC32s
+    every byte; ranges are over four full runs of the benchmark.
     """
 
     # ``auto`` decides per connection, from measurement, whether mapping or
@@ -44,16 +45,16 @@ class ZCConfig:
 
     # The window is carved into regions; a region is recycled (zapped and
     # reused) once every view over it has been released.  Measured against
-    # 512 KiB: 128 KiB regions cost -1.5% (within noise: 9 of 15 runs
-    # cheaper) for 4x the madvise calls, and 2 MiB regions +14.3% (0 of 15
-    # runs cheaper).
+    # 512 KiB: 128 KiB regions are within noise (-3.8 to +15.5%) for 4x the
+    # madvise calls; 2 MiB regions cost +14.3 to +24.6% in every run.
     region_size: int = 512 * KiB
 
     # Bytes asked of the kernel per receive call, mapped or copied (and the
-    # size of a copy slab).  Measured against 256 KiB: 64 KiB costs +3.5%
-    # when copying and +6.7% when mapping; 1 MiB saves 0.4% and 0.2% (noise)
-    # while pinning 4x more memory per held view.  256 KiB is also what
-    # CPython's selector transport reads per call.
+    # size of a copy slab).  Measured against 256 KiB: 64 KiB costs +4.5 to
+    # +13% when mapping and is within noise (-4.3 to +3.5%) when copying;
+    # 1 MiB saves nothing measurable (-0.4 to +4.5%) while pinning 4x more
+    # memory per held view.  256 KiB is also what CPython's selector
+    # transport reads per call.
     receive_size: int = 256 * KiB
 
     # The hybrid copy buffer handed to TCP_ZEROCOPY_RECEIVE.  The kernel
@@ -61,16 +62,19 @@ class ZCConfig:
     # the one call (so it is also the small-read threshold: such reads never
     # map), and the unaligned straggler after the mapped pages (~4 KiB per
     # 64 KiB skb on loopback) is copied into it.  Measured against 16 KiB:
-    # none at all costs +5.8% (a second recv() per call: 30.8 calls/MB
-    # instead of 15.3); 4 KiB +0.6%; 64 KiB is as cheap but maps only 86.6%
-    # of the bytes instead of 93.8%, because whole queues under 64 KiB are
-    # copied instead of mapped.
+    # none at all costs +5.8 to +14.5% (a second recv() per call: ~31
+    # calls/MB instead of 15.3); 4 KiB +0.6 to +6.1%; 64 KiB is as cheap
+    # (-1.9 to +4.9%) but maps only 86.6-88.9% of the bytes instead of
+    # 93.8%, because whole queues under 64 KiB are copied, not mapped.
     copybuf_size: int = 16 * KiB
 
     # Upper bound on memory the application's live views may pin (mapped
     # pages plus pooled copy buffers).  Past it, new data arrives in plain
     # heap buffers (``on_exhausted='copy'``) or reading pauses until views
-    # are released (``'pause'``).  A policy bound, not a tuned one: 64 MiB
+    # are released (``'pause'``).  The bound is checked when a region or a
+    # slab is taken for receiving, before the views over it pin it, so the
+    # pinned total can pass it by at most one region and one copy slab.
+    # A policy bound, not a tuned one: 64 MiB
     # is the whole window plus 192 copy slabs, far above what an
     # application that releases views within a frame or two ever pins.
     max_pinned_bytes: int = 64 * MiB
@@ -79,14 +83,15 @@ class ZCConfig:
 
     # ``auto`` probes each mode for this many bytes before comparing their
     # measured CPU cost per byte.  Measured: a first probe of 4 MiB per mode
-    # picked the cheaper mode in 100% of 225 pairings, and the expected cost
-    # of probing plus wrong decisions was lowest at 4 MiB (1.4 us/MB, against
-    # 7.0 at 1 MiB and 7.4 at 32 MiB).
+    # picked the cheaper mode in 89-100% of 225 pairings per run (the modes
+    # differ by 30-45% here, far more than a probe's error), and the
+    # expected cost of probing plus wrong decisions at 4 MiB was within
+    # 1.5 us/MB of the best probe size (2, 4 or 8 MiB, depending on the run).
     probe_bytes: int = 4 * MiB
 
     # How long ``auto`` keeps its decision before probing again.  With 4 MiB
-    # probes, 256 MiB sends 1.6% of the bytes through the losing mode (about
-    # 1 us/MB at the 74 us/MB gap measured between the modes here) while
+    # probes, 256 MiB sends 1.6% of the bytes through the losing mode (1-2
+    # us/MB at the gap measured between the modes here) while
     # following a peer that changes behaviour within ~0.1 s at loopback
     # speeds.  Not varied by the benchmark.
     reprobe_bytes: int = 256 * MiB

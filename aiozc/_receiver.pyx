@@ -313,7 +313,8 @@ cdef class _Pool:
                 self.rstate[cur] = R_RETIRED
         if self.ndirty >= ZAP_BATCH or (self.nclean == 0 and self.ndirty):
             self.zap()
-        if self.nclean == 0 or self.pinned + <Py_ssize_t>self.region_size > self.max_pinned:
+        if self.nclean == 0 or (
+                self.pinned and self.pinned + <Py_ssize_t>self.region_size > self.max_pinned):
             return 0
         self.nclean -= 1
         cur = self.clean_stack[self.nclean]
@@ -337,14 +338,17 @@ cdef class _Pool:
             room = self.slab_size - self.sused[cur]
             if room >= min_room:
                 return room if room < want else want
-        # Another slab no view holds, else a new one within the bound.
+        # Another slab no view holds, else a new one; either way within the
+        # pinned bound (it will be pinned by the view made over it), except
+        # that a connection whose views pin nothing may always receive.
+        if self.pinned and self.pinned + <Py_ssize_t>self.slab_size > self.max_pinned:
+            return 0
         for i in range(self.nslabs):
             if self.slabs[i] != NULL and self.srefs[i] == 0 and i != cur:
                 self.cur_slab = i
                 self.sused[i] = 0
                 return self.slab_size if self.slab_size < want else want
-        if self.nslabs >= self.max_slabs or (
-                self.pinned + <Py_ssize_t>self.slab_size > self.max_pinned and self.nslabs >= 2):
+        if self.nslabs >= self.max_slabs:
             return 0
         i = self.nslabs
         self.slabs[i] = <char *>malloc(self.slab_size)
@@ -403,7 +407,6 @@ cdef class Receiver:
     cdef list pending
     cdef aiozc_zc_receive zc
     cdef bint drained
-    cdef int64_t recv_ns
     # configuration
     cdef size_t receive_size
     cdef size_t copybuf_size
@@ -595,8 +598,9 @@ cdef class Receiver:
             t0 = aiozc_thread_cpu_ns()
         room = pool.region_room(self.receive_size // 4)
         if room == 0:
-            # Every region is held by views: copy this time (pump() then
-            # stops looping, since no fresh inq was read).
+            # Every region is held by views (or the pinned bound is
+            # reached): copy this time, and say so in the stats.
+            self.exhausted_receives += 1
             return self._copy_round(self.receive_size)
         if room > self.receive_size:
             room = self.receive_size
@@ -630,11 +634,6 @@ cdef class Receiver:
                 return self._copy_round(self.receive_size)
             PyErr_SetFromErrno(OSError)
             return _ERROR
-        if timed:
-            # Only the receive itself (and the zap before it) is timed, not
-            # the application's handling of the views: the copy path is
-            # timed the same way, so the two costs compare like for like.
-            t0 = aiozc_thread_cpu_ns() - t0
         self.zc_worked = True
         self.drained = self.zc.inq == 0
         mapped = self.zc.length
@@ -672,17 +671,15 @@ cdef class Receiver:
         if skip and not self.paused:
             # Unmappable bytes the copy buffer could not take: recv exactly
             # those, so that the pages after them stay mappable.
-            self.recv_ns = 0
             n = self._copy_round(skip)
             if n > 0:
                 got += n
-                t0 += self.recv_ns
         if self.zc.err:
             # sock_error() reports a negative errno; the pending error is
             # cleared by reading it, so it is raised exactly once.
             raise _oserror(-self.zc.err if self.zc.err < 0 else self.zc.err)
         if timed and got:
-            self._probe_sample(mapped, got, t0)
+            self._probe_sample(mapped, got, aiozc_thread_cpu_ns() - t0)
         elif self.policy == POLICY_AUTO:
             self._steady_sample(mapped, got)
         return got
@@ -713,10 +710,8 @@ cdef class Receiver:
         cdef int sidx, err
         cdef char *buf
         cdef int64_t t0 = 0
-        # Timed whenever auto is probing: in the copy probe this round is
-        # the sample; in the mapping probe it is the skip-hint recv, whose
-        # cost the mapping round adds to its own (self.recv_ns).
-        cdef bint timed = self.phase != PH_STEADY
+        # In the mapping probe, a skip-hint recv is timed by its mapping round.
+        cdef bint timed = self.phase == PH_PROBE_COPY and self._mode == MODE_COPY
         if timed:
             t0 = aiozc_thread_cpu_ns()
         room = pool.slab_room(limit, min(limit, self.receive_size // 4))
@@ -730,15 +725,11 @@ cdef class Receiver:
         pool.sused[sidx] += n
         self.bytes_copied += n
         self.bytes_received += n
-        if timed:
-            t0 = aiozc_thread_cpu_ns() - t0
-            if self._mode == MODE_COPY:
-                self._probe_sample(0, n, t0)
-            else:
-                self.recv_ns = t0
-        elif self.policy == POLICY_AUTO and self._mode == MODE_COPY:
+        if not timed and self.policy == POLICY_AUTO and self._mode == MODE_COPY:
             self._steady_sample(0, n)
         self.sink(pool.view(KIND_SLAB, sidx, buf, n))
+        if timed:
+            self._probe_sample(0, n, aiozc_thread_cpu_ns() - t0)
         return n
 
     cdef Py_ssize_t _exhausted_round(self, size_t limit) except? _ERROR:
@@ -746,6 +737,7 @@ cdef class Receiver:
         cdef ssize_t n
         cdef int err
         cdef char *buf
+        self.exhausted_receives += 1
         if self.pause_when_exhausted:
             self.pool.starved = True
             return _STARVED
@@ -754,7 +746,6 @@ cdef class Receiver:
         n = self._recv(buf, limit)
         if n <= 0:
             return n
-        self.exhausted_receives += 1
         self.bytes_copied += n
         self.bytes_received += n
         self.sink(memoryview(data)[:n])
@@ -763,13 +754,22 @@ cdef class Receiver:
     # -- choosing a mode -----------------------------------------------------
     #
     # 'auto' measures instead of guessing.  It first receives probe_bytes by
-    # mapping, timing each round with the thread's CPU clock (that includes
-    # the kernel's work in getsockopt and our zaps), then probe_bytes by
-    # copying, timed the same way, and keeps the cheaper mode for
+    # mapping, timing each round with the thread's CPU clock, then
+    # probe_bytes by copying, timed the same way, and keeps the cheaper mode for
     # reprobe_bytes before probing again.  A mapping probe that maps less
     # than min_mapped_fraction of its bytes (a peer whose pages the kernel
     # cannot map) settles on copying at once, and so does a steady mapping
     # mode whose mapped share falls that low over any probe_bytes stretch.
+    #
+    # A round's time runs from before the receive (and any zap) to after the
+    # sink has handled its views, in both probes.  Leaving the application
+    # out would flatter mapping: on the project's machines most of its extra
+    # cost is the first touch of freshly mapped pages (TLB and cache misses,
+    # +155-200 us/MB against +74-130 for bytes the copy just wrote;
+    # docs/tuning.md), and timing only the system call picked mapping in 3
+    # of 15 reprobes there.  The application's own work is the same in both
+    # probes, so it shifts both costs alike.
+    #
     # The clock is read only while probing: in steady state the mode costs
     # nothing but two additions per round.
 

@@ -40,8 +40,10 @@ class ZCStats:
     #: recycled by them (more regions than calls means batching worked).
     zap_calls: int
     regions_recycled: int
-    #: Receives that found the pinned-memory bound reached and used plain
-    #: heap buffers instead of pooled ones.
+    #: Receives that could not use their usual memory because views pinned
+    #: it: a mapping receive that found every region held (it copied
+    #: instead), or a copy that found every pooled buffer held (it used a
+    #: plain heap buffer, or paused with ``on_exhausted='pause'``).
     exhausted_receives: int
     #: Times ``auto`` switched between zerocopy and copy.
     mode_switches: int

@@ -249,23 +249,50 @@ class TestViews:
         proto, stats = run(receive(Peer(data, zerocopy=zerocopy_peer), config, hold=True))
         assert sha(b"".join(proto.views)) == sha(data)
         assert stats.exhausted_receives > 0
-        assert stats.bytes_pinned <= 4 * MiB + config.region_size
+        assert stats.bytes_pinned <= 4 * MiB + config.region_size + config.receive_size
 
     def test_pause_policy_waits_for_released_views(self, run: Run) -> None:
         data = payload(16 * MiB, seed=6)
         config = ZCConfig(zerocopy="always", window_size=MiB, max_pinned_bytes=2 * MiB,
                           on_exhausted="pause")
 
+        starved_seen: list[bool] = []
+        pinned: list[int] = []
+
         class SlowReleaser(Collector):
+            """Holds views for 20 ms at a time: long enough to fill the pool."""
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                self.held: list[memoryview] = []
+                self.timer = asyncio.get_running_loop().call_later(0.02, self.release_all)
+
             def data_received(self, data: memoryview) -> None:  # type: ignore[override]
                 self.hasher.update(data)
                 self.received += len(data)
-                # Release later, so the pool fills and reading must pause.
-                asyncio.get_running_loop().call_later(0.001, data.release)
+                self.held.append(data)
+                # The bound holds, give or take the region and the slab
+                # being received into.
+                pinned.append(self.transport.stats.bytes_pinned)
+
+            def release_all(self) -> None:
+                # Was reading stopped for want of memory?
+                starved_seen.append(self.transport._starved)
+                for view in self.held:
+                    view.release()
+                self.held.clear()
+                self.timer = asyncio.get_running_loop().call_later(0.02, self.release_all)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                self.timer.cancel()
+                self.release_all()
+                self.timer.cancel()
+                super().connection_lost(exc)
 
         proto, stats = run(_receive_with(SlowReleaser, Peer(data), config))
         assert proto.digest == sha(data)
-        assert stats.exhausted_receives == 0  # it paused rather than heap-copied
+        assert stats.exhausted_receives > 0 and any(starved_seen)
+        assert max(pinned) <= 2 * MiB + config.region_size + config.receive_size
         assert stats.views_outstanding == 0
 
 
