@@ -1,4 +1,4 @@
-# The compiled hot path of aiozc (aiozc/_receiver.pyx).  Everything else about
+# The compiled hot path of aiozc (aiozc/_receiver.pyx, aiozc/_search.pyx).  Everything else about
 # the package lives in pyproject.toml; setuptools needs this file only to know
 # about the Cython extension.
 from Cython.Build import cythonize
@@ -6,7 +6,10 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("aiozc._receiver", ["aiozc/_receiver.pyx"])],
+        [
+            Extension("aiozc._receiver", ["aiozc/_receiver.pyx"]),
+            Extension("aiozc._search", ["aiozc/_search.pyx"]),
+        ],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,
