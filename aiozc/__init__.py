@@ -18,6 +18,9 @@ from ._loop import run as run
 from ._protocol import ZCProtocol as ZCProtocol
 from ._server import Server as Server
 from ._stats import ZCStats as ZCStats
+from ._streams import ZCStreamReader as ZCStreamReader
+from ._streams import open_connection as open_connection
+from ._streams import start_server as start_server
 from ._transport import ZCTransport as ZCTransport
 
 __all__ = [
@@ -26,13 +29,16 @@ __all__ = [
     "ZCConfig",
     "ZCProtocol",
     "ZCStats",
+    "ZCStreamReader",
     "ZCTransport",
     "ZerocopyPolicy",
     "connect_accepted_socket",
     "create_connection",
     "create_server",
     "new_event_loop",
+    "open_connection",
     "run",
+    "start_server",
 ]
 
 __version__ = "0.1.0"

@@ -36,6 +36,11 @@ class ViewBuffer:
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def first_size(self) -> int:
+        """Bytes in the first queued view (0 when empty)."""
+        return len(self._views[0]) if self._views else 0
+
     def append(self, view: memoryview) -> None:
         """Queue a view; the buffer owns it from now on."""
         if len(view):

@@ -47,6 +47,9 @@ class ZCStats:
     exhausted_receives: int
     #: Times ``auto`` switched between zerocopy and copy.
     mode_switches: int
+    #: Bytes a stream reader copied to join a frame that spanned several
+    #: received views (0 for a plain protocol, which cuts no frames).
+    bytes_assembled: int = 0
 
     @property
     def mapped_fraction(self) -> float:

@@ -1,0 +1,310 @@
+"""asyncio streams over zerocopy connections (:class:`ZCStreamReader`).
+
+``open_connection`` and ``start_server`` work like asyncio's, and return an
+ordinary ``asyncio.StreamWriter`` with a :class:`ZCStreamReader`.  The
+reader keeps what the transport delivers as a queue of views
+(:class:`~aiozc._buffer.ViewBuffer`), never joined into one bytearray:
+
+* the bytes API (``read``, ``readexactly``, ``readuntil``, ``readline``, async
+  iteration) copies each result out exactly once, where asyncio's
+  StreamReader copies into its buffer, out of it, and moves the rest of the
+  buffer down after every read;
+* the view API (``read_view``, ``readexactly_view``, ``readuntil_view``)
+  copies nothing when the frame lies inside one received view, and joins it
+  once when it spans several (counted in ``stats.bytes_assembled``).
+
+Views from a reader follow the core's rules: read-only, valid until
+released, pinning their memory meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, final
+
+from ._buffer import ViewBuffer
+from ._config import ZCConfig
+from ._connect import create_connection, create_server
+from ._protocol import ZCProtocol
+from ._server import Server
+from ._stats import ZCStats
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["ZCStreamReader", "open_connection", "start_server"]
+
+# asyncio's default: the reader pauses the transport past 2 * limit bytes
+# buffered, and readuntil() gives up on a separator beyond limit.
+_DEFAULT_LIMIT = 2**16
+
+
+@final
+class ZCStreamReader(asyncio.StreamReader):
+    """An ``asyncio.StreamReader`` that also hands out zero-copy views.
+
+    Everything asyncio's StreamReader offers works the same way, returning
+    bytes.  ``read_view``, ``readexactly_view`` and ``readuntil_view`` return
+    read-only memoryviews instead, without copying whenever the bytes
+    arrived together.
+    """
+
+    if TYPE_CHECKING:
+        # asyncio.StreamReader's private state, which this class shares
+        # (typeshed does not declare it).
+        _exception: BaseException | None
+        _eof: bool
+        _limit: int
+        _paused: bool
+        _transport: asyncio.Transport | None
+
+        def _wakeup_waiter(self) -> None: ...
+        async def _wait_for_data(self, func_name: str) -> None: ...
+
+    def __init__(
+        self, limit: int = _DEFAULT_LIMIT, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._views = ViewBuffer()
+
+    def __repr__(self) -> str:
+        info = ["ZCStreamReader", f"{len(self._views)} bytes"]
+        if self._eof:
+            info.append("eof")
+        if self._exception is not None:
+            info.append(f"exception={self._exception!r}")
+        if self._paused:
+            info.append("paused")
+        return "<{}>".format(" ".join(info))
+
+    @property
+    def stats(self) -> ZCStats | None:
+        """The connection's :class:`ZCStats`, with this reader's ``bytes_assembled``."""
+        transport = self._transport
+        stats = getattr(transport, "stats", None)
+        if not isinstance(stats, ZCStats):
+            return None
+        return dataclasses.replace(stats, bytes_assembled=self._views.bytes_assembled)
+
+    # -- fed by the protocol -------------------------------------------------
+
+    def feed_data(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+        """Queue received data (a view from the transport, or bytes)."""
+        assert not self._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        self._views.append(data if isinstance(data, memoryview) else memoryview(data))
+        self._wakeup_waiter()
+        if (
+            self._transport is not None
+            and not self._paused
+            and len(self._views) > 2 * self._limit
+        ):
+            try:
+                self._transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None
+            else:
+                self._paused = True
+
+    def _maybe_resume_transport(self) -> None:
+        if self._paused and len(self._views) <= self._limit:
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+
+    def at_eof(self) -> bool:
+        """True once the buffer is empty and the peer has closed its side."""
+        return self._eof and not len(self._views)
+
+    # -- views ---------------------------------------------------------------
+
+    async def read_view(self, n: int = -1) -> memoryview:
+        """Up to ``n`` bytes as a view (all until EOF if ``n`` < 0).
+
+        With ``n`` > 0 this returns at most what arrived together (one
+        received view), so it never copies; an empty view means EOF.
+        """
+        if self._exception is not None:
+            raise self._exception
+        if n == 0:
+            return memoryview(b"")
+        if n < 0:
+            while not self._eof:
+                await self._wait_for_data("read")
+            view = self._views.take_all()
+        else:
+            if not len(self._views) and not self._eof:
+                await self._wait_for_data("read")
+            view = self._views.take(min(n, self._views.first_size))
+        self._maybe_resume_transport()
+        return view
+
+    async def readexactly_view(self, n: int) -> memoryview:
+        """Exactly ``n`` bytes as a view; ``IncompleteReadError`` at an early EOF."""
+        await self._fill(n)
+        view = self._views.take(n)
+        self._maybe_resume_transport()
+        return view
+
+    async def readuntil_view(self, separator: ReadableBuffer = b"\n") -> memoryview:
+        """The bytes up to and including ``separator``, as a view.
+
+        Errors as ``readuntil``: ``LimitOverrunError`` (nothing consumed),
+        ``IncompleteReadError`` at EOF (everything consumed).
+        """
+        end = await self._find_separator(bytes(separator))
+        view = self._views.take(end)
+        self._maybe_resume_transport()
+        return view
+
+    # -- bytes (asyncio's API) -------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all until EOF if ``n`` < 0); b"" at EOF."""
+        if self._exception is not None:
+            raise self._exception
+        if n == 0:
+            return b""
+        if n < 0:
+            while not self._eof:
+                await self._wait_for_data("read")
+            data = self._views.take_bytes(len(self._views))
+        else:
+            if not len(self._views) and not self._eof:
+                await self._wait_for_data("read")
+            data = self._views.take_bytes(min(n, len(self._views)))
+        self._maybe_resume_transport()
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; ``IncompleteReadError`` at an early EOF."""
+        await self._fill(n)
+        data = self._views.take_bytes(n)
+        self._maybe_resume_transport()
+        return data
+
+    async def readuntil(self, separator: ReadableBuffer = b"\n") -> bytes:
+        """The bytes up to and including ``separator`` (see asyncio)."""
+        end = await self._find_separator(bytes(separator))
+        data = self._views.take_bytes(end)
+        self._maybe_resume_transport()
+        return data
+
+    async def readline(self) -> bytes:
+        """One line including ``\\n``; at EOF the partial line (or b"")."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            # As asyncio: drop the too-long line (with its separator, when
+            # it was found) and report it as ValueError.
+            if self._views.find(b"\n", exc.consumed) == exc.consumed:
+                self._views.take_bytes(exc.consumed + 1)
+            else:
+                self._views.clear()
+            self._maybe_resume_transport()
+            raise ValueError(exc.args[0]) from None
+
+    # -- shared ----------------------------------------------------------------
+
+    async def _fill(self, n: int) -> None:
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        if self._exception is not None:
+            raise self._exception
+        while len(self._views) < n:
+            if self._eof:
+                partial = self._views.take_bytes(len(self._views))
+                raise asyncio.IncompleteReadError(partial, n)
+            await self._wait_for_data("readexactly")
+
+    async def _find_separator(self, separator: bytes) -> int:
+        """Wait until ``separator`` is buffered; the offset just past it."""
+        seplen = len(separator)
+        if seplen == 0:
+            raise ValueError("Separator should be at least one-byte string")
+        if self._exception is not None:
+            raise self._exception
+        offset = 0
+        while True:
+            buflen = len(self._views)
+            if buflen - offset >= seplen:
+                isep = self._views.find(separator, offset)
+                if isep != -1:
+                    break
+                offset = buflen + 1 - seplen
+                if offset > self._limit:
+                    raise asyncio.LimitOverrunError(
+                        "Separator is not found, and chunk exceed the limit", offset
+                    )
+            if self._eof:
+                partial = self._views.take_bytes(len(self._views))
+                raise asyncio.IncompleteReadError(partial, None)
+            await self._wait_for_data("readuntil")
+        if isep > self._limit:
+            raise asyncio.LimitOverrunError(
+                "Separator is found, but chunk is longer than limit", isep
+            )
+        return isep + seplen
+
+
+@final
+class _ZCStreamReaderProtocol(ZCProtocol, asyncio.StreamReaderProtocol):
+    """asyncio's StreamReaderProtocol, taking views from a ZCTransport."""
+
+    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+        reader = self._stream_reader  # type: ignore[attr-defined]
+        if reader is not None:
+            reader.feed_data(data)
+
+
+async def open_connection(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    config: ZCConfig | None = None,
+    limit: int = _DEFAULT_LIMIT,
+    **kwds: Any,
+) -> tuple[ZCStreamReader, asyncio.StreamWriter]:
+    """Like ``asyncio.open_connection``, over a zerocopy transport.
+
+    Keywords are those of :func:`aiozc.create_connection` (``ssl`` is
+    refused).  Works on any running loop, stdlib or uvloop.
+    """
+    loop = asyncio.get_running_loop()
+    reader = ZCStreamReader(limit=limit, loop=loop)
+    protocol = _ZCStreamReaderProtocol(reader, loop=loop)
+    transport, _ = await create_connection(
+        lambda: protocol, host, port, config=config, **kwds
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+ClientConnected = Callable[[ZCStreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+async def start_server(
+    client_connected_cb: ClientConnected,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    config: ZCConfig | None = None,
+    limit: int = _DEFAULT_LIMIT,
+    **kwds: Any,
+) -> Server:
+    """Like ``asyncio.start_server``; the callback gets a :class:`ZCStreamReader`.
+
+    Keywords are those of :func:`aiozc.create_server` (``ssl`` is refused).
+    """
+    loop = asyncio.get_running_loop()
+
+    def factory() -> _ZCStreamReaderProtocol:
+        reader = ZCStreamReader(limit=limit, loop=loop)
+        return _ZCStreamReaderProtocol(reader, client_connected_cb, loop=loop)  # type: ignore[arg-type]
+
+    return await create_server(factory, host, port, config=config, **kwds)
