@@ -417,7 +417,7 @@ cdef class Receiver:
     cdef public bint paused
     cdef list pending
     cdef aiozc_zc_receive zc
-    cdef bint drained
+    cdef bint _drained
     # configuration
     cdef size_t receive_size
     cdef size_t copybuf_size
@@ -530,6 +530,15 @@ cdef class Receiver:
         self.pool.close()
 
     @property
+    def drained(self):
+        """True when the last receive found the socket's queue empty.
+
+        A driver that needs more bytes can then wait for readability at
+        once instead of calling pump() just to learn there is nothing.
+        """
+        return self._drained
+
+    @property
     def has_pending(self):
         """True when a pause held back views that are yet to be delivered."""
         return bool(self.pending)
@@ -576,7 +585,7 @@ cdef class Receiver:
             if n == 0:
                 break
             total += n
-            if self.drained:
+            if self._drained:
                 # The kernel said nothing is left (inq == 0, or recv()
                 # returned less than asked for): another call would only
                 # find the queue empty.
@@ -646,7 +655,7 @@ cdef class Receiver:
             PyErr_SetFromErrno(OSError)
             return _ERROR
         self.zc_worked = True
-        self.drained = self.zc.inq == 0
+        self._drained = self.zc.inq == 0
         mapped = self.zc.length
         copied = self.zc.copybuf_len if self.zc.copybuf_len > 0 else 0
         skip = self.zc.recv_skip_hint
@@ -711,7 +720,7 @@ cdef class Receiver:
             return _ERROR
         if n == 0:
             return _EOF
-        self.drained = <size_t>n < room
+        self._drained = <size_t>n < room
         return n
 
     cdef Py_ssize_t _copy_round(self, size_t limit) except? _ERROR:

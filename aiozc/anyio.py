@@ -1,0 +1,665 @@
+"""aiozc for anyio: a zerocopy :class:`anyio.abc.SocketStream` on every backend.
+
+:class:`ZCSocketStream` is a real anyio socket stream over a connected TCP
+socket, whose receive side is aiozc's engine: the kernel maps the peer's
+pages into the process (``TCP_ZEROCOPY_RECEIVE``) or copies into pooled
+buffers, and the stream keeps what arrived as a queue of read-only
+memoryviews.  Besides anyio's ``receive()`` (bytes), it offers
+:meth:`~ZCSocketStream.receive_view` and
+:meth:`~ZCSocketStream.receive_exactly_view`, which cut frames out of that
+queue without copying whenever a frame lies inside one received view.
+
+It needs nothing from the backend but ``anyio.wait_readable`` /
+``anyio.wait_writable`` on the socket, so it runs unchanged on asyncio, on
+uvloop (``backend_options={"use_uvloop": True}``) and on trio.
+
+Get one with :func:`connect_tcp`, or from a :class:`ZCSocketListener`
+(:func:`create_tcp_listener`)::
+
+    async with await aiozc.anyio.connect_tcp("example.org", 9000) as stream:
+        header = await stream.receive_exactly_view(4)
+        with await stream.receive_exactly_view(int.from_bytes(header, "big")) as body:
+            handle(body)      # read-only; maybe the kernel's own mapped pages
+
+The views follow aiozc's rules (see the README): read-only, valid until
+released (also after the stream is closed and the peer gone), and pinning
+their memory until then.  Release them (``with view:`` or
+``view.release()``) when done, or copy with ``bytes(view)``.
+
+Install with ``pip install 'aiozc[anyio]'``.
+"""
+
+from __future__ import annotations
+
+try:
+    import anyio
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "aiozc.anyio needs the anyio package: pip install 'aiozc[anyio]'"
+    ) from _exc
+
+import dataclasses
+import errno
+import os
+import socket
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, final
+
+import anyio.lowlevel
+from anyio import (
+    BrokenResourceError,
+    ClosedResourceError,
+    EndOfStream,
+    IncompleteRead,
+    ResourceGuard,
+    TypedAttributeSet,
+    typed_attribute,
+)
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from ._buffer import ViewBuffer
+from ._config import ZCConfig
+from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
+from ._stats import ZCStats
+
+__all__ = [
+    "ZCAttribute",
+    "ZCSocketListener",
+    "ZCSocketStream",
+    "connect_tcp",
+    "create_tcp_listener",
+]
+
+IPAddressType = str | IPv4Address | IPv6Address
+
+# on_exhausted='pause': how often a starved stream looks whether a view was
+# released (the release may happen in any thread, so the stream polls a flag
+# rather than ask each backend for a thread-safe wake-up).  Doubles from the
+# first delay up to the last while it waits.
+_STARVED_POLL_FIRST = 0.001
+_STARVED_POLL_MAX = 0.01
+
+# A receive that waits for a large frame while data keeps arriving yields to
+# the other tasks after this many bytes (the pump itself takes up to 1 MiB).
+_YIELD_EVERY = 4 * 1024 * 1024
+
+# accept() errors that concern one connection, not the listener (as trio).
+_ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+
+
+class ZCAttribute(TypedAttributeSet):
+    """Typed attributes of a :class:`ZCSocketStream` (``stream.extra(...)``).
+
+    They pass through anyio stream wrappers, like anyio's own
+    ``SocketAttribute`` ones.
+    """
+
+    #: A fresh :class:`aiozc.ZCStats` snapshot of the receive side.
+    stats: ZCStats = typed_attribute()
+
+
+def _stream_socket(
+    sock_or_fd: socket.socket | int, check: Callable[[socket.socket], None] | None = None
+) -> socket.socket:
+    """The socket (made from the fd if need be), checked to be a stream socket.
+
+    On failure a socket made from an fd is detached: the caller keeps the fd.
+    """
+    if isinstance(sock_or_fd, int):
+        sock = socket.socket(fileno=sock_or_fd)
+    elif isinstance(sock_or_fd, socket.socket):
+        sock = sock_or_fd
+    else:
+        raise TypeError(
+            f"expected a socket or a file descriptor, not {type(sock_or_fd).__name__}"
+        )
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(
+                f"aiozc.anyio needs a stream socket (SOCK_STREAM), not {sock.type!r}"
+            )
+        if check is not None:
+            check(sock)
+    except BaseException:
+        if isinstance(sock_or_fd, int):
+            sock.detach()
+        raise
+    return sock
+
+
+def _check_connected(sock: socket.socket) -> None:
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        raise ValueError("the socket must be connected") from exc
+
+
+def _check_listening(sock: socket.socket) -> None:
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError("the socket must be listening (call listen() first)")
+
+
+@final
+class ZCSocketStream(SocketStream):
+    """An anyio socket stream that receives with ``TCP_ZEROCOPY_RECEIVE``.
+
+    ``sock`` is a connected TCP socket; the stream owns it from now on (and
+    makes it non-blocking).  ``config`` tunes the receive engine
+    (:class:`aiozc.ZCConfig`).
+
+    Receiving: :meth:`receive` returns ``bytes`` (anyio's contract),
+    :meth:`receive_view` and :meth:`receive_exactly_view` return read-only
+    memoryviews over the received memory.  Every receive and send is a
+    cancellation point, and cancelling a receive loses nothing: whatever was
+    taken from the kernel stays queued in the stream for the next one.
+
+    Errors follow anyio: :exc:`anyio.EndOfStream` once the peer's FIN is
+    reached, :exc:`anyio.ClosedResourceError` after :meth:`aclose`,
+    :exc:`anyio.BrokenResourceError` (the ``OSError`` as ``__cause__``) for
+    a socket error such as a reset, raised once the bytes received before
+    it have been read, and :exc:`anyio.BusyResourceError` when two tasks
+    receive (or two tasks send) at once.
+    """
+
+    def __init__(self, sock: socket.socket, *, config: ZCConfig | None = None) -> None:
+        # Set first: __del__ looks at it even if the checks below fail.
+        self._closed = True
+        sock = _stream_socket(sock)
+        sock.setblocking(False)
+        self._sock = sock
+        self._config = config if config is not None else ZCConfig()
+        self._buf = ViewBuffer()
+        self._rx = Receiver(sock.fileno(), self._config, self._buf.append)
+        self._rx.on_release = self._on_release
+        self._freed = False  # on_release fired since the last pump
+        self._eof = False  # the engine reached the peer's FIN
+        self._error: OSError | None = None  # the engine's socket error
+        self._compacted = 0  # bytes copied to unpin the buffer when starved
+        self._receive_guard = ResourceGuard("reading from")
+        self._send_guard = ResourceGuard("writing to")
+        self._closed = False
+
+    @classmethod
+    async def from_socket(
+        cls, sock_or_fd: socket.socket | int, *, config: ZCConfig | None = None
+    ) -> ZCSocketStream:
+        """Wrap a connected TCP socket (or its file descriptor); takes ownership."""
+        sock = _stream_socket(sock_or_fd, _check_connected)
+        await anyio.lowlevel.checkpoint()
+        return cls(sock, config=config)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ZCSocketStream fd={self._sock.fileno()} {state} mode={self._rx.mode}>"
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if not self._closed:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self._close(notify=False)
+
+    # -- information ---------------------------------------------------------
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._sock
+
+    @property
+    def stats(self) -> ZCStats:
+        """A snapshot of the receive statistics (:class:`aiozc.ZCStats`).
+
+        Its ``bytes_assembled`` is the stream's own :attr:`bytes_assembled`.
+        """
+        stats: ZCStats = self._rx.stats()
+        return dataclasses.replace(stats, bytes_assembled=self.bytes_assembled)
+
+    @property
+    def bytes_assembled(self) -> int:
+        """Bytes copied by the stream itself, on top of the engine's receive.
+
+        A frame (:meth:`receive_exactly_view`) that spans two received views
+        is joined into one new buffer: its bytes are counted here.  So are
+        the bytes a starved stream copies out of its queue (see
+        :meth:`receive_exactly_view`).  ``receive()`` returns copies by
+        contract and is not counted.
+        """
+        return self._buf.bytes_assembled + self._compacted
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """anyio's socket attributes, plus :class:`ZCAttribute`'s."""
+        return {
+            **super().extra_attributes,
+            ZCAttribute.stats: lambda: self.stats,
+        }
+
+    # -- receiving -----------------------------------------------------------
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Receive at least 1 and at most ``max_bytes`` bytes, as a copy.
+
+        Raises :exc:`anyio.EndOfStream` once everything before the peer's
+        FIN has been received.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        with self._receive_guard:
+            if not await self._fill(1):
+                raise EndOfStream
+            return self._buf.take_bytes(min(max_bytes, len(self._buf)))
+
+    async def receive_view(self, max_bytes: int = 65536) -> memoryview:
+        """Receive at least 1 and at most ``max_bytes`` bytes as a read-only view.
+
+        Never copies: the view is (a slice of) one view the engine received,
+        so it may be shorter than what is queued.  Raises
+        :exc:`anyio.EndOfStream` at the end of the stream.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        with self._receive_guard:
+            if not await self._fill(1):
+                raise EndOfStream
+            return self._buf.take(min(max_bytes, self._buf.first_size))
+
+    async def receive_exactly_view(self, nbytes: int) -> memoryview:
+        """Receive exactly ``nbytes`` bytes as one read-only view.
+
+        The view is a slice of a received view when the frame lies inside
+        one (no copy); otherwise the frame is assembled once into a new
+        buffer (counted in :attr:`bytes_assembled`).
+
+        Raises :exc:`anyio.IncompleteRead` if the stream ends before
+        ``nbytes`` bytes: nothing is lost, the bytes that did arrive stay
+        queued and :meth:`receive` / :meth:`receive_view` return them
+        before raising :exc:`anyio.EndOfStream`.  A socket error raises
+        :exc:`anyio.BrokenResourceError` the same way, the partial frame
+        staying readable.
+
+        With ``ZCConfig(on_exhausted="pause")``, a frame larger than the
+        memory the stream may pin would wait forever for views that only
+        the frame itself holds.  So when the engine starves while a partial
+        frame is queued, the stream copies the queued bytes out once (into
+        one heap buffer, counted in :attr:`bytes_assembled`), releasing
+        their pooled memory, and receives on.
+        """
+        if nbytes < 0:
+            raise ValueError("nbytes must not be negative")
+        with self._receive_guard:
+            if not await self._fill(nbytes):
+                raise IncompleteRead
+            return self._buf.take(nbytes)
+
+    async def _fill(self, nbytes: int) -> bool:
+        """Queue at least ``nbytes`` bytes; False if the stream ends first.
+
+        Always a cancellation point: it waits for the socket, or else
+        passes one checkpoint before returning.  Cancelled, it keeps
+        everything it received queued.
+        """
+        buf = self._buf
+        rx = self._rx
+        waited = False
+        compacted = False
+        unyielded = 0  # bytes pumped since the last time this task yielded
+        while len(buf) < nbytes:
+            if self._closed:
+                raise ClosedResourceError
+            if self._error is not None:
+                raise BrokenResourceError from self._error
+            if self._eof:
+                break
+            before = len(buf)
+            self._freed = False
+            try:
+                got = rx.pump()
+            except OSError as exc:
+                # Bytes received before the error are queued; the error is
+                # raised once they are read (or cannot complete a frame).
+                self._error = exc
+                continue
+            if got == PUMP_EOF:
+                self._eof = True
+            elif len(buf) > before:
+                compacted = False
+                unyielded += len(buf) - before
+                if rx.drained and len(buf) < nbytes:
+                    # The kernel's queue is empty: wait for more now rather
+                    # than pump() once more only to hear so.
+                    await anyio.wait_readable(self._sock)
+                    waited = True
+                    unyielded = 0
+                elif unyielded >= _YIELD_EVERY:
+                    # A large frame and a fast peer: let the other tasks run
+                    # (cancelling here loses nothing: the bytes are queued).
+                    await anyio.lowlevel.checkpoint()
+                    waited = True
+                    unyielded = 0
+            elif got == PUMP_STARVED:
+                if before and not compacted:
+                    self._compact()
+                    compacted = True
+                else:
+                    await self._wait_for_memory()
+                    waited = True
+            else:
+                await anyio.wait_readable(self._sock)
+                waited = True
+        if not waited:
+            await anyio.lowlevel.checkpoint()
+            if self._closed:
+                raise ClosedResourceError
+        return len(buf) >= nbytes
+
+    def _compact(self) -> None:
+        # Copy the queued bytes out so that the pooled memory under them can
+        # be recycled: a partial frame must not wait for its own release.
+        data = self._buf.take_bytes(len(self._buf))
+        self._compacted += len(data)
+        self._buf.append(memoryview(data))
+
+    def _on_release(self) -> None:
+        # The engine calls this once a view is released after pump() starved;
+        # any thread may release a view, so only set a flag.
+        self._freed = True
+
+    async def _wait_for_memory(self) -> None:
+        # on_exhausted='pause' and every pooled buffer is held by views the
+        # application keeps.  The release that frees one may happen in any
+        # thread, inside a buffer release, so rather than ask each backend
+        # for a thread-safe wake-up the stream polls the flag that
+        # on_release sets: every 1 ms at first, backing off to 10 ms.
+        delay = _STARVED_POLL_FIRST
+        while not self._freed:
+            await anyio.sleep(delay)
+            if self._closed:
+                raise ClosedResourceError
+            delay = min(delay * 2, _STARVED_POLL_MAX)
+
+    # -- sending -------------------------------------------------------------
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send all of ``item``, waiting for the socket as needed.
+
+        Raises :exc:`anyio.BrokenResourceError` (the ``OSError`` as
+        ``__cause__``) if the connection fails.  Cancelled while waiting,
+        part of ``item`` may have been sent.
+        """
+        with self._send_guard:
+            if self._closed:
+                raise ClosedResourceError
+            view = memoryview(item)
+            if view.itemsize != 1 or view.ndim != 1:
+                view = view.cast("B")
+            await anyio.lowlevel.checkpoint()
+            while view:
+                if self._closed:
+                    raise ClosedResourceError
+                try:
+                    n = self._sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    await anyio.wait_writable(self._sock)
+                    continue
+                except OSError as exc:
+                    raise BrokenResourceError from exc
+                view = view[n:]
+
+    async def send_eof(self) -> None:
+        """Half-close: the peer sees the end of the stream; receiving goes on."""
+        with self._send_guard:
+            if self._closed:
+                raise ClosedResourceError
+            await anyio.lowlevel.checkpoint()
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                raise BrokenResourceError from exc
+
+    # -- closing -------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection.  Views already received stay valid.
+
+        Bytes received but not yet read are dropped.  Tasks waiting in a
+        receive or a send are woken with :exc:`anyio.ClosedResourceError`.
+        """
+        if not self._closed:
+            self._close(notify=True)
+        await anyio.lowlevel.checkpoint()
+
+    def _close(self, *, notify: bool) -> None:
+        self._closed = True
+        rx = self._rx
+        rx.on_release = None
+        self._buf.clear()
+        if notify:
+            # Wake the tasks waiting for the socket, and make the backend
+            # forget the fd: the mapping may keep the socket's file open
+            # after close(), and trio would keep it registered in epoll.
+            anyio.notify_closing(self._sock)
+        rx.close()
+        if rx.holds_socket:
+            # Views still hold the window, and the mapping holds the socket's
+            # file open: close() alone would leave the connection up until the
+            # last view is released.
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._sock.close()
+
+
+@final
+class ZCSocketListener(SocketListener):
+    """An anyio socket listener whose connections are :class:`ZCSocketStream`\\ s.
+
+    ``sock`` is a listening TCP socket; the listener owns it from now on.
+    Every accepted connection gets ``config`` (:class:`aiozc.ZCConfig`).
+    Build one with :func:`create_tcp_listener`.
+    """
+
+    def __init__(self, sock: socket.socket, *, config: ZCConfig | None = None) -> None:
+        sock = _stream_socket(sock)
+        sock.setblocking(False)
+        self._sock = sock
+        self._config = config
+        self._closed = False
+        self._accept_guard = ResourceGuard("accepting connections from")
+
+    @classmethod
+    async def from_socket(
+        cls, sock_or_fd: socket.socket | int, *, config: ZCConfig | None = None
+    ) -> ZCSocketListener:
+        """Wrap a bound, listening TCP socket (or its file descriptor); takes ownership."""
+        sock = _stream_socket(sock_or_fd, _check_listening)
+        await anyio.lowlevel.checkpoint()
+        return cls(sock, config=config)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ZCSocketListener fd={self._sock.fileno()} {state}>"
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._sock
+
+    async def accept(self) -> ZCSocketStream:
+        """Wait for a connection and return it as a :class:`ZCSocketStream`.
+
+        Raises :exc:`anyio.ClosedResourceError` once the listener is closed;
+        errors that concern one connection (ECONNABORTED, EPROTO, EPERM) are
+        skipped; others (EMFILE, ...) are raised as ``OSError``.
+        """
+        with self._accept_guard:
+            await anyio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise ClosedResourceError
+                try:
+                    conn, _ = self._sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    await anyio.wait_readable(self._sock)
+                    continue
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RETRY:
+                        continue
+                    if self._closed or exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                        raise ClosedResourceError from exc
+                    raise
+                break
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return ZCSocketStream(conn, config=self._config)
+        except BaseException:
+            conn.close()
+            raise
+
+    async def serve(
+        self,
+        handler: Callable[[ZCSocketStream], Any],
+        task_group: TaskGroup | None = None,
+    ) -> None:
+        """Accept connections for ever, running ``await handler(stream)`` for each.
+
+        As anyio's ``SocketListener.serve``: the handlers run in
+        ``task_group`` (a new one by default) and own their streams (close
+        them, e.g. ``async with stream:``).
+        """
+        async with AsyncExitStack() as stack:
+            if task_group is None:
+                task_group = await stack.enter_async_context(anyio.create_task_group())
+            while True:
+                stream = await self.accept()
+                task_group.start_soon(handler, stream)
+
+    async def aclose(self) -> None:
+        """Stop listening; a task waiting in :meth:`accept` gets ClosedResourceError."""
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+        await anyio.lowlevel.checkpoint()
+
+
+async def connect_tcp(
+    remote_host: IPAddressType,
+    remote_port: int,
+    *,
+    config: ZCConfig | None = None,
+    local_host: IPAddressType | None = None,
+) -> ZCSocketStream:
+    """Connect to ``remote_host``:``remote_port`` and return a :class:`ZCSocketStream`.
+
+    The host's addresses (``anyio.getaddrinfo``) are tried in order, one
+    at a time, each with a non-blocking connect.  ``local_host`` binds the
+    local end (addresses of another family than the remote one are
+    skipped).  TCP_NODELAY is set, as anyio does.  If every attempt fails,
+    raises ``OSError`` whose ``__cause__`` is an ``ExceptionGroup`` of the
+    attempts' errors; with a single address, its error is raised as is
+    (``ConnectionRefusedError``, ...).
+    """
+    addresses = await anyio.getaddrinfo(str(remote_host), remote_port, type=socket.SOCK_STREAM)
+    local: list[tuple[socket.AddressFamily, tuple[str, int]]] = []
+    if local_host is not None:
+        local = [
+            (fam, addr)
+            for fam, *_, addr in await anyio.getaddrinfo(
+                str(local_host), 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        ]
+    errors: list[OSError] = []
+    for family, _type, proto, _name, address in addresses:
+        bind_to = None
+        if local_host is not None:
+            bind_to = next((addr for fam, addr in local if fam == family), None)
+            if bind_to is None:
+                errors.append(OSError(
+                    errno.EAFNOSUPPORT,
+                    f"no {family.name} address for local_host {local_host!r} "
+                    f"to connect to {address!r}",
+                ))
+                continue
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setblocking(False)
+            if bind_to is not None:
+                sock.bind(bind_to)
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"connect to {address!r}: {os.strerror(err)}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return ZCSocketStream(sock, config=config)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:
+            sock.close()
+            raise
+    if not errors:
+        raise OSError(f"no address to connect to for {remote_host!r}:{remote_port}")
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(
+        f"all {len(errors)} connection attempts to {remote_host!r}:{remote_port} failed"
+    ) from ExceptionGroup("connection attempts", errors)
+
+
+async def create_tcp_listener(
+    *,
+    local_host: IPAddressType | None = None,
+    local_port: int = 0,
+    family: socket.AddressFamily = socket.AF_UNSPEC,
+    backlog: int = 65536,
+    reuse_port: bool = False,
+    config: ZCConfig | None = None,
+) -> ZCSocketListener:
+    """Listen for TCP connections that are received with aiozc.
+
+    Unlike ``anyio.create_tcp_listener``, which may listen on several
+    addresses at once, this binds one socket: the first of
+    ``local_host``'s addresses (``anyio.getaddrinfo``, passive) that
+    binds.  With ``local_host=None`` that is the wildcard address of the
+    first family the resolver lists (usually ``0.0.0.0``); pass
+    ``family=socket.AF_INET6`` (or ``local_host="::"``) for IPv6, and wrap
+    several listeners in ``anyio.streams.stapled.MultiListener`` for both.
+    SO_REUSEADDR is set, SO_REUSEPORT with ``reuse_port=True``, and an IPv6
+    socket is IPv6-only.  ``config`` is given to every accepted connection.
+    """
+    if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
+        raise ValueError("family must be AF_UNSPEC, AF_INET or AF_INET6")
+    host = None if local_host is None else str(local_host)
+    addresses = await anyio.getaddrinfo(
+        host, local_port, family=family, type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
+    )
+    errors: list[OSError] = []
+    for fam, _type, proto, _name, address in addresses:
+        sock = socket.socket(fam, socket.SOCK_STREAM, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if fam == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(min(backlog, 65536))
+            return ZCSocketListener(sock, config=config)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:
+            sock.close()
+            raise
+    if not errors:
+        raise OSError(f"no address to listen on for {local_host!r}")
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(
+        f"could not listen on any address of {local_host!r}"
+    ) from ExceptionGroup("listen attempts", errors)
