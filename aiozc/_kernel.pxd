@@ -36,6 +36,16 @@ cdef extern from *:
     #define AIOZC_TCP_ZEROCOPY_RECEIVE 35
     #define AIOZC_ZC_FLAG_TLB_CLEAN_HINT 0x1
 
+    /* Read one byte per cache line of [p, p+n): what the application's
+       first read of freshly mapped pages costs (TLB fills and cache misses),
+       made visible to the probe's clock.  volatile keeps the loads. */
+    static inline unsigned aiozc_touch(const char *p, size_t n) {
+        const volatile char *q = (const volatile char *)p;
+        unsigned acc = 0;
+        for (size_t i = 0; i < n; i += 64) acc += (unsigned char)q[i];
+        return acc;
+    }
+
     static inline int64_t aiozc_thread_cpu_ns(void) {
         struct timespec ts;
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -59,6 +69,7 @@ cdef extern from *:
     int AIOZC_TCP_ZEROCOPY_RECEIVE
     int AIOZC_ZC_FLAG_TLB_CLEAN_HINT
     long long aiozc_thread_cpu_ns() nogil
+    unsigned aiozc_touch(const char *p, size_t n) nogil
 
     ctypedef unsigned int socklen_t
     int IPPROTO_TCP

@@ -67,8 +67,7 @@ cdef enum:
 
 cdef enum:
     PH_STEADY = 0
-    PH_PROBE_ZC = 1
-    PH_PROBE_COPY = 2
+    PH_PROBE = 1
 
 # Released regions are zapped in batches of this many (coalesced into one
 # madvise per run of adjacent regions).  One madvise costs a syscall and a
@@ -86,14 +85,14 @@ cdef enum:
     PUMP_BUDGET = 1048576
 
 # 'auto' maps only when mapping measured at least this much cheaper than
-# copying.  Part of mapping's cost falls outside the probe's clock: the first
-# touch of freshly mapped pages when the application reads them later (a
-# stream reader does, after data_received returns), and the assembly of
-# frames that straddle the smaller mapped views (28 KiB on loopback against
-# 256 KiB copies).  In benchmarks/frames.py, with no margin, 1 run in 8 picked
-# mapping on a machine where it costs 1.5x per frame; where mapping really
-# pays (the kernel's tcp_mmap reports 2.5x less CPU on bare metal), a 15%
-# margin changes nothing.
+# copying.  The mapping probe charges each mapped page its first read (see
+# _zc_round), but some of mapping's cost still falls outside the clock: the
+# assembly of frames that straddle the smaller mapped views (28 KiB on
+# loopback against 256 KiB copies) in a stream reader.  In
+# benchmarks/frames.py, with neither the touch nor the margin, 1 run in 8
+# picked mapping on a machine where it costs 1.5x per frame; where mapping
+# really pays (the kernel's tcp_mmap reports 2.5x less CPU on bare metal), a
+# 15% margin changes nothing.
 cdef double ZC_MARGIN = 0.15
 
 
@@ -365,6 +364,9 @@ cdef class _Pool:
         self.slabs[i] = <char *>malloc(self.slab_size)
         if self.slabs[i] == NULL:
             return 0
+        # Fault the pages in now, once, rather than inside the first recv()
+        # into them, where 'auto' would take them for the cost of copying.
+        memset(self.slabs[i], 0, self.slab_size)
         self.nslabs += 1
         self.cur_slab = i
         self.sused[i] = 0
@@ -431,12 +433,14 @@ cdef class Receiver:
     cdef bint window_tried
     cdef bint zc_worked
     cdef object _reason
+    cdef int settled_mode
     cdef int phase
-    cdef uint64_t phase_bytes
-    cdef uint64_t phase_mapped
-    cdef int64_t phase_ns
-    cdef double zc_cost
-    cdef double copy_cost
+    cdef uint64_t zc_bytes
+    cdef uint64_t zc_mapped
+    cdef int64_t zc_ns
+    cdef uint64_t copy_bytes
+    cdef int64_t copy_ns
+    cdef uint64_t slice_bytes
     cdef int64_t until_reprobe
     # counters
     cdef uint64_t bytes_received
@@ -469,7 +473,8 @@ cdef class Receiver:
         else:
             self.policy = POLICY_AUTO
             self._mode = MODE_ZC
-            self.phase = PH_PROBE_ZC
+            self.settled_mode = MODE_ZC
+            self.phase = PH_PROBE
 
     # -- public --------------------------------------------------------------
 
@@ -606,7 +611,7 @@ cdef class Receiver:
         cdef uint32_t skip
         cdef int64_t t0 = 0
         cdef Py_ssize_t got
-        cdef bint timed = self.phase == PH_PROBE_ZC
+        cdef bint timed = self.phase == PH_PROBE
 
         if not self.window_tried:
             self.window_tried = True
@@ -614,6 +619,9 @@ cdef class Receiver:
             if err:
                 self._copy_for_good(err, "mmap() of the socket")
                 return self._copy_round(self.receive_size)
+        # The copy buffer first, and off the probe's clock: a new slab's
+        # first use is a one-off cost, not a cost of mapping.
+        cbroom = pool.slab_room(self.copybuf_size, self.copybuf_size) if self.copybuf_size else 0
         if timed:
             t0 = aiozc_thread_cpu_ns()
         room = pool.region_room(self.receive_size // 4)
@@ -624,7 +632,6 @@ cdef class Receiver:
             return self._copy_round(self.receive_size)
         if room > self.receive_size:
             room = self.receive_size
-        cbroom = pool.slab_room(self.copybuf_size, self.copybuf_size) if self.copybuf_size else 0
         ridx = pool.cur_region
         sidx = pool.cur_slab
         addr = pool.window + ridx * pool.region_size + pool.rused[ridx]
@@ -666,6 +673,12 @@ cdef class Receiver:
             pool.rused[ridx] += (mapped + PAGE - 1) & ~(<size_t>PAGE - 1)
         if copied:
             pool.sused[sidx] += copied
+
+        if timed and mapped:
+            # The application will read these pages after the probe's clock
+            # has stopped (a stream reader does, after data_received); a
+            # copy's equivalent cost is inside recv().  Charge it here.
+            aiozc_touch(addr, mapped)
 
         # Stream order: mapped pages, then the copy buffer, then the
         # skip-hint bytes (left in the kernel: the next round's copy buffer
@@ -731,12 +744,12 @@ cdef class Receiver:
         cdef char *buf
         cdef int64_t t0 = 0
         # In the mapping probe, a skip-hint recv is timed by its mapping round.
-        cdef bint timed = self.phase == PH_PROBE_COPY and self._mode == MODE_COPY
-        if timed:
-            t0 = aiozc_thread_cpu_ns()
+        cdef bint timed = self.phase == PH_PROBE and self._mode == MODE_COPY
         room = pool.slab_room(limit, min(limit, self.receive_size // 4))
         if room == 0:
             return self._exhausted_round(limit)
+        if timed:
+            t0 = aiozc_thread_cpu_ns()
         sidx = pool.cur_slab
         buf = pool.slabs[sidx] + pool.sused[sidx]
         n = self._recv(buf, room)
@@ -773,97 +786,104 @@ cdef class Receiver:
 
     # -- choosing a mode -----------------------------------------------------
     #
-    # 'auto' measures instead of guessing.  It first receives probe_bytes by
-    # mapping, timing each round with the thread's CPU clock, then
-    # probe_bytes by copying, timed the same way, and keeps the cheaper mode for
-    # reprobe_bytes before probing again.  A mapping probe that maps less
-    # than min_mapped_fraction of its bytes (a peer whose pages the kernel
-    # cannot map) settles on copying at once, and so does a steady mapping
-    # mode whose mapped share falls that low over any probe_bytes stretch.
+    # 'auto' measures instead of guessing.  A probe receives probe_bytes by
+    # mapping and probe_bytes by copying, interleaved in slices of
+    # probe_bytes/8 (map, copy, map, copy, ...), timing each round with the
+    # thread's CPU clock, and then keeps the cheaper mode for reprobe_bytes.
+    # Interleaving matters: the first megabytes of a connection (slow start,
+    # a receive buffer still growing, cold caches) cost several times the
+    # steady state, and a probe that ran one mode before the other charged
+    # that to whichever came first.  Mapping must win by ZC_MARGIN.  A peer
+    # whose pages the kernel cannot map settles the question at once (no
+    # page mapped in probe_bytes/16), and a steady mapping mode whose mapped
+    # share falls below min_mapped_fraction over any probe_bytes stretch
+    # switches to copying.
     #
     # A round's time runs from before the receive (and any zap) to after the
-    # sink has handled its views, in both probes.  Leaving the application
-    # out would flatter mapping: on the project's machines most of its extra
-    # cost is the first touch of freshly mapped pages (TLB and cache misses,
-    # +155-200 us/MB against +74-130 for bytes the copy just wrote;
-    # docs/tuning.md), and timing only the system call picked mapping in 3
-    # of 15 reprobes there.  The application's own work is the same in both
-    # probes, so it shifts both costs alike.
+    # sink has handled its views, and a mapping round also reads one byte
+    # per cache line of what it mapped: on the project's machines most of
+    # mapping's extra cost is that first touch of freshly mapped pages (TLB
+    # and cache misses, +155-200 us/MB against +74-130 for bytes the copy
+    # just wrote; docs/tuning.md), which a stream reader pays after the
+    # clock has stopped.  A new copy slab is faulted in off the clock.
     #
     # The clock is read only while probing: in steady state the mode costs
     # nothing but two additions per round.
 
     cdef void _probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept:
-        self.phase_bytes += got
-        self.phase_mapped += mapped
-        self.phase_ns += ns
-        if self.phase_bytes < self.probe_bytes:
-            if (self.phase == PH_PROBE_ZC and self.phase_mapped == 0
-                    and self.phase_bytes >= self.probe_bytes // 16):
-                # Not one page mapped in a sixteenth of the probe: a peer
-                # whose data the kernel cannot map (plain send() on
-                # loopback).  No need to pay for the rest of the probe.
+        cdef double zc_cost, copy_cost, frac
+        if self._mode == MODE_ZC:
+            self.zc_bytes += got
+            self.zc_mapped += mapped
+            self.zc_ns += ns
+            if self.zc_mapped == 0 and self.zc_bytes >= self.probe_bytes // 16:
+                # Not one page mapped: a peer whose data the kernel cannot
+                # map (plain send() on loopback).  No need to probe on.
                 self._settle(MODE_COPY, "auto: none of the peer's bytes could be mapped")
-            return
-        cdef double frac, cost = <double>self.phase_ns / <double>self.phase_bytes
-        if self.phase == PH_PROBE_ZC:
-            frac = <double>self.phase_mapped / <double>self.phase_bytes
+                return
+        else:
+            self.copy_bytes += got
+            self.copy_ns += ns
+        self.slice_bytes += got
+        if self.zc_bytes >= self.probe_bytes and self.copy_bytes >= self.probe_bytes:
+            frac = <double>self.zc_mapped / <double>self.zc_bytes
             if frac < self.min_mapped_fraction:
                 self._settle(MODE_COPY,
                              f"auto: only {frac:.0%} of the peer's bytes could be mapped")
                 return
-            self.zc_cost = cost
-            self.phase = PH_PROBE_COPY
-            self._set_mode(MODE_COPY)
-            self._reset_phase()
-        else:
-            self.copy_cost = cost
-            if self.zc_cost < self.copy_cost * (1.0 - ZC_MARGIN):
+            zc_cost = <double>self.zc_ns / <double>self.zc_bytes
+            copy_cost = <double>self.copy_ns / <double>self.copy_bytes
+            if zc_cost < copy_cost * (1.0 - ZC_MARGIN):
                 self._settle(MODE_ZC, None)
             else:
                 self._settle(MODE_COPY, (
                     f"auto: mapping measured no cheaper than copying by the "
-                    f"{ZC_MARGIN:.0%} margin (copy {self.copy_cost * 1e3:.0f} vs map "
-                    f"{self.zc_cost * 1e3:.0f} us/MB of receiver CPU)"))
+                    f"{ZC_MARGIN:.0%} margin (copy {copy_cost * 1e3:.0f} vs map "
+                    f"{zc_cost * 1e3:.0f} us/MB of receiver CPU)"))
+        elif self.slice_bytes >= self.probe_bytes // 8:
+            self.slice_bytes = 0
+            if self._mode == MODE_ZC and self.copy_bytes < self.probe_bytes:
+                self._mode = MODE_COPY
+            elif self._mode == MODE_COPY and self.zc_bytes < self.probe_bytes:
+                self._mode = MODE_ZC
 
     cdef void _steady_sample(self, uint64_t mapped, uint64_t got) noexcept:
         if self.phase != PH_STEADY:
             return
         self.until_reprobe -= <int64_t>got
         if self._mode == MODE_ZC:
-            self.phase_bytes += got
-            self.phase_mapped += mapped
-            if self.phase_bytes >= self.probe_bytes:
-                if <double>self.phase_mapped < self.min_mapped_fraction * <double>self.phase_bytes:
+            self.zc_bytes += got
+            self.zc_mapped += mapped
+            if self.zc_bytes >= self.probe_bytes:
+                if <double>self.zc_mapped < self.min_mapped_fraction * <double>self.zc_bytes:
                     self._settle(MODE_COPY, "auto: the peer's bytes stopped being mappable")
                     return
-                self._reset_phase()
+                self._reset_probe()
         if self.until_reprobe <= 0:
-            self.phase = PH_PROBE_ZC
-            self._set_mode(MODE_ZC)
-            self._reset_phase()
+            self.phase = PH_PROBE
+            self._mode = MODE_ZC
+            self._reset_probe()
 
     cdef void _settle(self, int mode, object reason) noexcept:
-        self._set_mode(mode)
+        if mode != self.settled_mode:
+            self.settled_mode = mode
+            self.mode_switches += 1
+        self._mode = mode
         self._reason = reason
         self.phase = PH_STEADY
         self.until_reprobe = <int64_t>self.reprobe_bytes
-        self._reset_phase()
+        self._reset_probe()
 
-    cdef void _set_mode(self, int mode) noexcept:
-        if mode != self._mode:
-            self._mode = mode
-            self.mode_switches += 1
-
-    cdef void _reset_phase(self) noexcept:
-        self.phase_bytes = 0
-        self.phase_mapped = 0
-        self.phase_ns = 0
+    cdef void _reset_probe(self) noexcept:
+        self.zc_bytes = self.zc_mapped = self.copy_bytes = self.slice_bytes = 0
+        self.zc_ns = self.copy_ns = 0
 
     cdef void _copy_for_good(self, int err, str what):
         self.policy = POLICY_NEVER
         self.phase = PH_STEADY
-        self._set_mode(MODE_COPY)
+        if self._mode != MODE_COPY:
+            self._mode = MODE_COPY
+            self.mode_switches += 1
         if err == ENODEV or err == ENOPROTOOPT or err == EOPNOTSUPP:
             why = "the socket does not support TCP receive zerocopy (not TCP, or the kernel lacks it)"
         else:
