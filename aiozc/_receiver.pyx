@@ -434,6 +434,7 @@ cdef class Receiver:
     cdef bint zc_worked
     cdef object _reason
     cdef int settled_mode
+    cdef int zc_wins
     cdef int phase
     cdef uint64_t zc_bytes
     cdef uint64_t zc_mapped
@@ -793,7 +794,9 @@ cdef class Receiver:
     # Interleaving matters: the first megabytes of a connection (slow start,
     # a receive buffer still growing, cold caches) cost several times the
     # steady state, and a probe that ran one mode before the other charged
-    # that to whichever came first.  Mapping must win by ZC_MARGIN.  A peer
+    # that to whichever came first.  Mapping must win by ZC_MARGIN, and in
+    # two probes in a row (the first decision thus takes 4 * probe_bytes
+    # when mapping wins, 2 * probe_bytes when copying does).  A peer
     # whose pages the kernel cannot map settles the question at once (no
     # page mapped in probe_bytes/16), and a steady mapping mode whose mapped
     # share falls below min_mapped_fraction over any probe_bytes stretch
@@ -834,8 +837,17 @@ cdef class Receiver:
             zc_cost = <double>self.zc_ns / <double>self.zc_bytes
             copy_cost = <double>self.copy_ns / <double>self.copy_bytes
             if zc_cost < copy_cost * (1.0 - ZC_MARGIN):
-                self._settle(MODE_ZC, None)
+                # Mapping must win two probes in a row: one noisy probe that
+                # picks it wrongly costs 1.5-2x per byte for reprobe_bytes,
+                # one probe more where it really wins costs probe_bytes.
+                self.zc_wins += 1
+                if self.zc_wins >= 2:
+                    self._settle(MODE_ZC, None)
+                else:
+                    self._reset_probe()
+                    self._mode = MODE_ZC
             else:
+                self.zc_wins = 0
                 self._settle(MODE_COPY, (
                     f"auto: mapping measured no cheaper than copying by the "
                     f"{ZC_MARGIN:.0%} margin (copy {copy_cost * 1e3:.0f} vs map "

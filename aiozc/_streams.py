@@ -36,9 +36,17 @@ if TYPE_CHECKING:
 
 __all__ = ["ZCStreamReader", "open_connection", "start_server"]
 
-# asyncio's default: the reader pauses the transport past 2 * limit bytes
-# buffered, and readuntil() gives up on a separator beyond limit.
+# asyncio's default: readuntil() gives up on a separator beyond limit, and
+# the reader pauses the transport past 2 * limit bytes buffered.
 _DEFAULT_LIMIT = 2**16
+
+# ... but never below this many bytes.  One receive brings up to 256 KiB
+# (ZCConfig.receive_size), so with asyncio's 128 KiB every receive paused
+# and resumed the transport (two epoll_ctl calls, and a receive window that
+# kept closing): 10 us of kernel time per 32 KiB frame against 4 without
+# (benchmarks/frames.py).  Queued views are pooled memory, bounded by
+# ZCConfig.max_pinned_bytes whatever this says.
+_PAUSE_FLOOR = 1 << 20
 
 
 @final
@@ -100,7 +108,7 @@ class ZCStreamReader(asyncio.StreamReader):
         if (
             self._transport is not None
             and not self._paused
-            and len(self._views) > 2 * self._limit
+            and len(self._views) > max(2 * self._limit, _PAUSE_FLOOR)
         ):
             try:
                 self._transport.pause_reading()
@@ -110,7 +118,7 @@ class ZCStreamReader(asyncio.StreamReader):
                 self._paused = True
 
     def _maybe_resume_transport(self) -> None:
-        if self._paused and len(self._views) <= self._limit:
+        if self._paused and len(self._views) <= max(self._limit, _PAUSE_FLOOR // 2):
             self._paused = False
             assert self._transport is not None
             self._transport.resume_reading()
