@@ -179,6 +179,7 @@ class ZCSocketStream(SocketStream):
         self._error: OSError | None = None  # the engine's socket error
         self._compacted = 0  # bytes copied to unpin the buffer when starved
         self._receive_guard = ResourceGuard("reading from")
+        self._receiving = False  # a receive is waiting in _fill()
         self._send_guard = ResourceGuard("writing to")
         self._closed = False
 
@@ -271,9 +272,10 @@ class ZCSocketStream(SocketStream):
 
         The view is a slice of a received view when the frame lies inside
         one (no copy); otherwise the frame is assembled once into a new
-        buffer (counted in :attr:`bytes_assembled`).  A cancellation point,
-        but it does not yield to other tasks when the frame is already
-        queued (as ``BufferedByteReceiveStream.receive_exactly``).
+        buffer (counted in :attr:`bytes_assembled`).  When the frame is
+        already queued it returns at once, without a checkpoint, as anyio's
+        ``BufferedByteReceiveStream.receive_exactly`` does; otherwise it is
+        a cancellation point.
 
         Raises :exc:`anyio.IncompleteRead` if the stream ends before
         ``nbytes`` bytes: nothing is lost, the bytes that did arrive stay
@@ -291,10 +293,20 @@ class ZCSocketStream(SocketStream):
         """
         if nbytes < 0:
             raise ValueError("nbytes must not be negative")
+        buf = self._buf
+        if len(buf) >= nbytes and not self._receiving and not self._closed:
+            # Already queued: no wait and no checkpoint, as anyio's own
+            # BufferedByteReceiveStream.receive_exactly (nothing can run
+            # concurrently with this synchronous path).
+            return buf.take(nbytes)
         with self._receive_guard:
-            if not await self._fill(nbytes, yield_if_ready=False):
-                raise IncompleteRead
-            return self._buf.take(nbytes)
+            self._receiving = True
+            try:
+                if not await self._fill(nbytes, yield_if_ready=False):
+                    raise IncompleteRead
+            finally:
+                self._receiving = False
+            return buf.take(nbytes)
 
     async def _fill(self, nbytes: int, yield_if_ready: bool = True) -> bool:
         """Queue at least ``nbytes`` bytes; False if the stream ends first.
