@@ -119,6 +119,8 @@ class ZCTransport(asyncio.Transport):
         return f"<ZCTransport fd={self._fd} {state} mode={self._rx.mode}>"
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
+        if not hasattr(self, "_rx"):
+            return  # __init__ failed before the transport owned the socket
         if self._sock.fileno() >= 0:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
