@@ -8,6 +8,7 @@ MSG_ZEROCOPY peer and assert it from the transport's statistics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import gc
 import hashlib
@@ -304,6 +305,30 @@ async def _receive_with(
     await proto.lost
     await asyncio.get_running_loop().run_in_executor(None, peer.join)
     return proto, transport.stats
+
+
+class TestThreads:
+    """Views may be released in any thread, while the loop keeps receiving."""
+
+    def test_views_released_in_worker_threads(self, run: Run) -> None:
+        data = payload(32 * MiB, seed=9)
+        # A small window, so regions are recycled while workers release.
+        config = ZCConfig(zerocopy="always", window_size=2 * MiB, region_size=256 * 1024)
+        workers = concurrent.futures.ThreadPoolExecutor(4)
+
+        class Offloader(Collector):
+            def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+                self.hasher.update(data)
+                self.received += len(data)
+                workers.submit(lambda: bytes(data[:64]) and data.release())
+
+        try:
+            proto, stats = run(_receive_with(Offloader, Peer(data), config))
+        finally:
+            workers.shutdown(wait=True)
+        assert proto.digest == sha(data)
+        assert stats.bytes_mapped > 0.8 * len(data)
+        assert proto.transport.stats.views_outstanding == 0
 
 
 class TestFaults:
