@@ -78,15 +78,19 @@ class ViewBuffer:
             out = bytes(first[:n])
             self._drop_front(first, n)
             return out
-        parts = bytearray(n)
-        pos = 0
-        while pos < n:
+        # bytes.join copies each piece once, straight into the result.
+        parts = []
+        need = n
+        while need:
             view = views[0]
-            k = min(len(view), n - pos)
-            parts[pos:pos + k] = view[:k]
-            pos += k
+            k = min(len(view), need)
+            parts.append(view[:k])
+            need -= k
             self._drop_front(view, k)
-        return bytes(parts)
+        out = b"".join(parts)
+        for part in parts:
+            part.release()
+        return out
 
     def take_all(self) -> memoryview:
         """Cut everything queued (see :meth:`take`)."""
