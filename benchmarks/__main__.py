@@ -1,0 +1,511 @@
+"""aiozc against the peers, in one run: ``python -m benchmarks``.
+
+Usage::
+
+    python -m benchmarks [--quick] [--repeats N] [--scale X] [--no-trio]
+                         [--output-dir DIR | --md PATH --png PATH --json PATH]
+
+What runs
+---------
+A peer process (``multiprocessing`` 'spawn', pinned to CPU 1) connects to
+this process (pinned to CPU 0) once per run and sends, either with
+``MSG_ZEROCOPY`` (:class:`aiozc.sender.ZeroCopySender`, ``zerocopy=True``:
+pages the receiving kernel can map) or with plain ``sendmsg``
+(``zerocopy=False``: pages it cannot):
+
+* **bulk**: a stream of length-prefixed frames (4-byte big-endian length,
+  payload) of 512 B, 4 KiB, 32 KiB, 256 KiB or 1 MiB; the receiver CRC32s
+  every payload;
+* **rpc**: 32 KiB requests in the same framing, 8 outstanding at a time; the
+  receiver under test is the *server*: it CRC32s each request and writes a
+  4-byte reply, which lets the peer send the next request.
+
+Every receiver in ``benchmarks/_receivers.py`` (asyncio Protocol,
+BufferedProtocol and streams on the stdlib loop and uvloop, aiofastnet,
+anyio, aiozc's ZCProtocol in each mode, its streams and anyio readers, and
+the *floor*: aiozc's engine in a blocking ``poll()`` loop with no event
+loop) receives every workload from both senders.
+
+Figures: receiver-process CPU (user+sys, ``getrusage``) per message, from
+the moment its connection is set up to the last frame (and reply);
+throughput over the same wall time; for aiozc, the share of bytes that
+arrived in mapped pages.  Runs are interleaved (receivers A B C ... and
+reversed on alternate repeats); medians with the min-max spread.
+
+Writes ``docs/benchmarks.md`` (tables, targets), ``docs/benchmarks.png``
+(CPU per message vs frame size; skipped with a note when matplotlib is
+missing) and ``docs/benchmarks.json`` (every run).  Receivers whose package
+(aiofastnet, anyio, trio) is missing are skipped with a note.  ``--quick``
+is a smoke run for CI (well under 60 s): small transfers, one repeat; it
+asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._receivers import ReceiverSpec, all_receivers
+from ._runner import Progress, Run, available, run_matrix
+from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer, pin, pin_cpus
+
+KiB = 1024
+MiB = 1024 * KiB
+
+#: Bulk frame sizes -> payload MiB per run in the default (full) run.  Small
+#: frames move fewer bytes: 512 B frames cost ~1-10 us each in Python
+#: (anyio's BufferedByteReceiveStream ~10 us), so 32 MiB (65,536 frames) is
+#: already ~0.6 s for the slowest receiver; larger frames move 128-256 MiB,
+#: 0.1-0.5 s per run at 0.5-2 GB/s.  With 22 receivers x 12 cells x 5
+#: repeats that keeps the default run near 6-7 minutes on the 2-vCPU VM.
+BULK_MIB = {512: 32, 4 * KiB: 128, 32 * KiB: 128, 256 * KiB: 256, 1 * MiB: 256}
+#: RPC requests per run (32 KiB each: 256 MiB of requests, ~0.2-0.6 s).
+RPC_COUNT = 8192
+#: --quick divides every transfer by this (a smoke run, not a measurement).
+QUICK_DIVISOR = 32
+#: Interleaved repeats: the brief's minimum of 5 (quick: 1).
+REPEATS = 5
+#: Frame sizes the first target covers ("from 4 KiB up").
+TARGET_SIZES = (4 * KiB, 32 * KiB, 256 * KiB, 1 * MiB)
+#: aiozc ZCProtocol auto over the best peer's CPU per message: at most this.
+T1_MAX = 1.0
+#: aiozc streams readexactly_view over asyncio streams at 32 KiB: at most this.
+T2_MAX = 0.35
+#: aiozc ZCProtocol auto (event loop) over the floor, 256 KiB and up: at most this.
+T3_MAX = 1.15
+
+SENDERS = ("zerocopy", "plain")
+SENDER_LABEL = {"zerocopy": "MSG_ZEROCOPY sender", "plain": "plain send() sender"}
+
+
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else (
+        f"{n // KiB} KiB" if n >= KiB and n % KiB == 0 else f"{n} B")
+
+
+def make_jobs(scale: float) -> list[Job]:
+    """The 12 cells: 5 bulk sizes and the RPC workload, each from both senders."""
+    jobs = []
+    for zc in (True, False):
+        for size, mib in BULK_MIB.items():
+            jobs.append(Job("bulk", size, max(8, int(mib * MiB * scale) // size), zc))
+        jobs.append(Job("rpc", RPC_REQUEST, max(4 * RPC_WINDOW, int(RPC_COUNT * scale)), zc))
+    return jobs
+
+
+def machine_info() -> dict[str, str]:
+    """Kernel, CPU model, nproc, Python, date."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        nproc = str(os.cpu_count())
+    return {
+        "kernel": platform.release(), "machine": platform.machine(), "cpu": model,
+        "nproc": nproc, "python": platform.python_version(),
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+    }
+
+
+# ---------------------------------------------------------------------------
+# aggregation
+
+
+Key = tuple[str, str, int, str]  # receiver, workload, frame size, sender
+
+
+class Results:
+    """Runs grouped by (receiver, workload, frame size, sender)."""
+
+    def __init__(self, runs: Sequence[Run], receivers: Sequence[ReceiverSpec]) -> None:
+        self.runs = list(runs)
+        self.receivers = list(receivers)
+        self.by: dict[Key, list[Run]] = {}
+        for r in runs:
+            self.by.setdefault((r.receiver, r.workload, r.frame_size, r.sender), []).append(r)
+        self.cells = sorted({(r.workload, r.frame_size, r.sender) for r in runs},
+                            key=lambda c: (SENDERS.index(c[2]), c[0] == "rpc", c[1]))
+
+    def us(self, rx: str, cell: tuple[str, int, str]) -> list[float]:
+        """CPU µs per message of every repeat."""
+        return [r.us_per_msg for r in self.by.get((rx, *cell), [])]
+
+    def med(self, rx: str, cell: tuple[str, int, str]) -> float:
+        """Median CPU µs per message (NaN if the receiver did not run)."""
+        xs = self.us(rx, cell)
+        return statistics.median(xs) if xs else float("nan")
+
+    def best_peer(self, cell: tuple[str, int, str]) -> tuple[str, float]:
+        """The non-aiozc receiver with the lowest median CPU per message."""
+        peers = [(self.med(s.name, cell), s.name) for s in self.receivers
+                 if not s.aiozc and self.us(s.name, cell)]
+        m, name = min(peers)
+        return name, m
+
+    def field(self, rx: str, cell: tuple[str, int, str], attr: str) -> list[float]:
+        """One attribute of every repeat (skipping None)."""
+        out = []
+        for r in self.by.get((rx, *cell), []):
+            v = getattr(r, attr)
+            if v is not None:
+                out.append(float(v))
+        return out
+
+
+def _fmt(xs: Sequence[float], digits: int = 1) -> str:
+    if not xs:
+        return "–"
+    return f"{statistics.median(xs):.{digits}f} [{min(xs):.{digits}f}–{max(xs):.{digits}f}]"
+
+
+def _cell_label(cell: tuple[str, int, str]) -> str:
+    return _size(cell[1]) if cell[0] == "bulk" else f"RPC {_size(cell[1])}"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# targets
+
+
+def targets(res: Results) -> list[tuple[str, bool, list[str]]]:
+    """(target, met, evidence lines) for the brief's three targets."""
+    out = []
+    # T1: ZCProtocol auto <= 1.0x best peer at >= 4 KiB, both senders, both loops.
+    lines, ok = [], True
+    for sender in SENDERS:
+        for size in TARGET_SIZES:
+            cell = ("bulk", size, sender)
+            if not res.us(res.receivers[0].name, cell) and not any(
+                    res.us(s.name, cell) for s in res.receivers):
+                continue
+            peer, pm = res.best_peer(cell)
+            for rt in ("asyncio", "uvloop"):
+                name = f"aiozc ZCProtocol auto [{rt}]"
+                m = res.med(name, cell)
+                ratio = m / pm
+                met = ratio <= T1_MAX
+                ok &= met
+                lines.append(f"{'met' if met else '**missed**'}: {_size(size)}, "
+                             f"{SENDER_LABEL[sender]}, {rt}: {m:.1f} µs vs {pm:.1f} µs "
+                             f"({peer}) = {ratio:.2f}x")
+    out.append((f"aiozc `auto` (ZCProtocol) costs at most {T1_MAX:.2f}x the best peer's "
+                "CPU per message at every frame size from 4 KiB up, with either sender, "
+                "on both loops", ok, lines))
+    # T2: streams views at 32 KiB <= 0.35x asyncio streams (same loop).
+    lines, ok = [], True
+    for sender in SENDERS:
+        cell = ("bulk", 32 * KiB, sender)
+        for rt in ("asyncio", "uvloop"):
+            m = res.med(f"aiozc streams readexactly_view [{rt}]", cell)
+            b = res.med(f"asyncio streams readexactly [{rt}]", cell)
+            ratio = m / b
+            met = ratio <= T2_MAX
+            ok &= met
+            lines.append(f"{'met' if met else '**missed**'}: {SENDER_LABEL[sender]}, {rt}: "
+                         f"{m:.1f} µs vs {b:.1f} µs = {ratio:.2f}x")
+    out.append((f"aiozc streams `readexactly_view` at 32 KiB costs at most {T2_MAX:.2f}x "
+                "asyncio streams `readexactly` (same loop)", ok, lines))
+    # T3: event loop over floor <= 1.15x at >= 256 KiB.
+    lines, ok = [], True
+    floor = next((s.name for s in res.receivers if s.runtime == "blocking"), None)
+    for sender in SENDERS:
+        for size in (256 * KiB, 1 * MiB):
+            cell = ("bulk", size, sender)
+            f = res.med(floor, cell) if floor else float("nan")
+            for rt in ("asyncio", "uvloop"):
+                m = res.med(f"aiozc ZCProtocol auto [{rt}]", cell)
+                ratio = m / f
+                met = ratio <= T3_MAX
+                ok &= met
+                lines.append(f"{'met' if met else '**missed**'}: {_size(size)}, "
+                             f"{SENDER_LABEL[sender]}, {rt}: {m:.1f} µs vs floor {f:.1f} µs "
+                             f"= {ratio:.2f}x")
+    out.append((f"aiozc on an event loop (ZCProtocol `auto`) costs at most {T3_MAX:.2f}x "
+                "its own floor (engine + poll(), no loop) at 256 KiB frames and above",
+                ok, lines))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# report
+
+
+def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[Job],
+           skipped: list[str], plot_note: str, png_name: str, elapsed: float,
+           quick: bool, pinned: str) -> str:
+    """The markdown report."""
+    w: list[str] = []
+    w.append("# aiozc against the peers\n")
+    w.append("Generated by `python -m benchmarks`" + (" --quick (a smoke run: the figures "
+             "below are NOT measurements)" if quick else "") + f" in {elapsed:.0f} s. "
+             "Receiver CPU per message (frame, or RPC request) for every receiver and "
+             "workload; ratios are to the **best peer** (the cheapest non-aiozc receiver) "
+             "of each cell.\n")
+    w.append(f"- Kernel: `{machine['kernel']}` ({machine['machine']})")
+    w.append(f"- CPUs: {machine['nproc']} × {machine['cpu']}")
+    w.append(f"- Python: {machine['python']}")
+    w.append(f"- Date: {machine['date']}\n")
+    sizes = sorted({j.frame_size for j in jobs if j.workload == "bulk"})
+    per = {j.frame_size: j.count for j in jobs if j.workload == "bulk"}
+    rpc_n = next((j.count for j in jobs if j.workload == "rpc"), 0)
+    w.append("## Method\n")
+    w.append(
+        "- **Peer**: a separate process (multiprocessing 'spawn') sends with "
+        "`aiozc.sender.ZeroCopySender`, either `zerocopy=True` (*MSG_ZEROCOPY sender*: "
+        "the receiving kernel can map about 94% of its bytes) or `zerocopy=False` "
+        "(*plain send() sender*: nothing maps, see shared/KERNEL.md). " + pinned)
+    w.append("- **Bulk**: frames of 4-byte big-endian length + payload; the receiver "
+             "CRC32s every payload. Frames per run: " + ", ".join(
+                 f"{_size(s)} × {per[s]} ({per[s] * s / MiB:.0f} MiB)" for s in sizes)
+             + ". Fewer bytes for small frames keeps the whole run under 10 minutes.")
+    w.append(f"- **RPC**: the receiver under test is the server. The peer keeps "
+             f"{RPC_WINDOW} requests of {_size(RPC_REQUEST)} (same framing) outstanding and "
+             f"reads 4-byte replies; the server CRC32s each request and replies with the "
+             f"CRC. {rpc_n} requests per run.")
+    w.append("- **CPU**: the receiver process's user+sys time (`getrusage`) from the "
+             "moment its connection is set up (loop running, transport built) to its "
+             "last frame and reply, per message. Loop creation and connection set-up "
+             "are not counted. **MB/s**: payload over the same wall time. "
+             "**% mapped**: aiozc's `stats.mapped_fraction`.")
+    w.append(f"- **Runs**: {repeats} repeat(s) of every (receiver, cell) after one "
+             "discarded warm-up run; within each cell the receivers run in one order, "
+             "reversed on alternate repeats. Each payload stream's CRC is checked "
+             "against the sender's. Entries are **median [min–max]**.")
+    w.append("- **Receivers**: peers are written as a typical app would with each API: "
+             "`asyncio Protocol` appends `bytes` to a `bytearray` and parses frames from "
+             "it; `asyncio BufferedProtocol` receives into its own 256 KiB buffer "
+             "(grown for bigger frames), parses in place and moves the partial frame "
+             "down; streams call `readexactly(4)` and `readexactly(n)`; `aiofastnet "
+             "BufferedProtocol` is the same BufferedProtocol over "
+             "`aiofastnet.connect_accepted_socket`; anyio wraps the socket "
+             "(`SocketStream.from_socket`) in a `BufferedByteReceiveStream`. aiozc's "
+             "`ZCProtocol` cuts frames from its views with `aiozc._buffer.ViewBuffer`; "
+             "its streams and anyio readers use `readexactly_view` / "
+             "`receive_exactly_view`. The **floor** is aiozc's engine "
+             "(`aiozc._receiver.Receiver`, `zerocopy='auto'`) driven by a blocking "
+             "`select.poll` + `pump()` loop, frames cut with the same ViewBuffer: "
+             "what aiozc costs without an event loop.")
+    if skipped:
+        w.append("- **Skipped**: " + "; ".join(skipped) + ".")
+    w.append("")
+
+    # targets
+    w.append("## Targets\n")
+    w.append("Shown, not asserted.\n")
+    for i, (text, met, lines) in enumerate(targets(res), 1):
+        w.append(f"{i}. {text}: **{'MET' if met else 'MISSED'}**")
+        for line in lines:
+            w.append(f"   - {line}")
+    w.append("")
+    notes = Path(__file__).with_name("ANALYSIS.md")
+    if notes.exists() and not quick:
+        w.append(notes.read_text().rstrip() + "\n")
+
+    # ratio tables
+    for sender in SENDERS:
+        cells = [c for c in res.cells if c[2] == sender]
+        if not cells:
+            continue
+        w.append(f"## CPU per message vs the best peer, {SENDER_LABEL[sender]}\n")
+        w.append("Each entry: median receiver CPU per message / the best peer's median in "
+                 "that column (below 1.00x: cheaper than every peer). The best peer is "
+                 "**bold**; its own figure is in the last row.\n")
+        best = {c: res.best_peer(c) for c in cells}
+        rows = []
+        for s in res.receivers:
+            row = [s.name]
+            for c in cells:
+                m = res.med(s.name, c)
+                if m != m:
+                    row.append("–")
+                    continue
+                txt = f"{m / best[c][1]:.2f}x"
+                row.append(f"**{txt}**" if s.name == best[c][0] else txt)
+            rows.append(row)
+        rows.append(["*best peer, µs/msg*"] + [f"*{best[c][1]:.1f}*" for c in cells])
+        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+
+    w.append(f"![CPU per message vs frame size]({png_name})\n" if not plot_note
+             else f"*{plot_note}*\n")
+
+    # detail tables
+    for sender in SENDERS:
+        cells = [c for c in res.cells if c[2] == sender]
+        if not cells:
+            continue
+        w.append(f"## Details, {SENDER_LABEL[sender]}\n")
+        w.append("CPU µs per message, median [min–max] over the repeats.\n")
+        rows = [[s.name] + [_fmt(res.us(s.name, c)) for c in cells] for s in res.receivers]
+        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        w.append("Throughput, MB/s (10^6 bytes of payload per second of receiver wall "
+                 "time), median [min–max].\n")
+        rows = [[s.name] + [_fmt(res.field(s.name, c, "mb_per_s"), 0) for c in cells]
+                for s in res.receivers]
+        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        w.append("aiozc receivers: % of the bytes that arrived in mapped pages, "
+                 "median [min–max].\n")
+        rows = []
+        for s in res.receivers:
+            if not s.aiozc:
+                continue
+            rows.append([s.name] + [
+                _fmt([100 * x for x in res.field(s.name, c, "mapped_fraction")])
+                for c in cells])
+        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+    return "\n".join(w)
+
+
+def plot(res: Results, path: Path) -> str:
+    """CPU per message vs frame size (log-log), one line per receiver, one
+    panel per sender.  Returns '' or a note saying why there is no plot."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "No plot: matplotlib is not installed (pip install 'aiozc[bench]')."
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, sender in zip(axes, SENDERS):
+        sizes = sorted({c[1] for c in res.cells if c[0] == "bulk" and c[2] == sender})
+        for i, s in enumerate(res.receivers):
+            xs, ys, lo, hi = [], [], [], []
+            for size in sizes:
+                v = res.us(s.name, ("bulk", size, sender))
+                if v:
+                    m = statistics.median(v)
+                    xs.append(size)
+                    ys.append(m)
+                    lo.append(m - min(v))
+                    hi.append(max(v) - m)
+            if not xs:
+                continue
+            style = ("-" if s.aiozc else "--") if s.runtime != "blocking" else ":"
+            color = "black" if s.runtime == "blocking" else cmap(i % 20)
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, marker="o", markersize=3,
+                        capsize=2, linewidth=1.6 if s.aiozc else 1.0, color=color,
+                        label=s.name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [_size(x) for x in sizes])
+        ax.set_xlabel("frame size")
+        ax.set_title(f"bulk frames, {SENDER_LABEL[sender]}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("receiver CPU µs per frame (median, bars: min–max)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Receiver CPU per frame (solid: aiozc, dashed: peers, dotted: aiozc floor)")
+    fig.tight_layout(rect=(0, 0.2, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks",
+                                 description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help=f"CI smoke run: transfers / {QUICK_DIVISOR}, 1 repeat, < 60 s")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"interleaved repeats (default {REPEATS}; quick 1)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="multiply every transfer size by this (default 1; quick "
+                         f"1/{QUICK_DIVISOR})")
+    ap.add_argument("--no-trio", dest="trio", action="store_false",
+                    help="skip the anyio receivers on the trio backend")
+    ap.add_argument("--only", default=None,
+                    help="run only receivers whose name contains this (comma-separated)")
+    ap.add_argument("--output-dir", default=None,
+                    help="write benchmarks.md/.png/.json here (default: docs/)")
+    ap.add_argument("--md", default=None, help="markdown report path")
+    ap.add_argument("--png", default=None, help="plot path")
+    ap.add_argument("--json", default=None, help="raw results path")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else REPEATS)
+    scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
+    out_dir = Path(args.output_dir) if args.output_dir else (
+        Path(__file__).resolve().parent.parent / "docs")
+    md = Path(args.md) if args.md else out_dir / "benchmarks.md"
+    png = Path(args.png) if args.png else out_dir / "benchmarks.png"
+    js = Path(args.json) if args.json else out_dir / "benchmarks.json"
+
+    machine = machine_info()  # before pinning: nproc honours the affinity mask
+    rx_cpu, snd_cpu = pin_cpus()
+    pin(rx_cpu)
+    pinned = (f"Receiver pinned to CPU {rx_cpu}, peer to CPU {snd_cpu}."
+              if rx_cpu is not None else "Nothing pinned (fewer than 2 CPUs).")
+    receivers, skipped = [], []
+    for spec in all_receivers(trio=args.trio):
+        if args.only and not any(o in spec.name for o in args.only.split(",")):
+            continue
+        if available(spec):
+            receivers.append(spec)
+        else:
+            skipped.append(f"{spec.name} ({spec.needs} is not installed)")
+    if args.trio is False:
+        skipped.append("the trio backend (--no-trio)")
+    if importlib.util.find_spec("uvloop") is None:
+        receivers = [s for s in receivers if s.runtime != "uvloop"]
+        skipped.append("every uvloop receiver (uvloop is not installed)")
+    jobs = make_jobs(scale)
+    progress = Progress(len(receivers) * len(jobs) * repeats, enabled=args.progress)
+    t0 = time.monotonic()
+    peer = Peer(snd_cpu)
+    try:
+        runs = run_matrix(receivers, jobs, repeats, peer, progress,
+                          log=lambda m: print(f"\n[benchmarks] {m}", file=sys.stderr))
+    finally:
+        progress.close()
+        peer.close()
+    elapsed = time.monotonic() - t0
+    res = Results(runs, receivers)
+    plot_note = plot(res, png)
+    text = report(res, machine, repeats, jobs, skipped, plot_note,
+                  os.path.relpath(png, md.parent), elapsed, args.quick, pinned)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({
+        "machine": machine, "pinned": pinned, "repeats": repeats, "scale": scale,
+        "quick": args.quick, "elapsed_s": elapsed, "skipped": skipped,
+        "receivers": [{"name": s.name, "api": s.api, "runtime": s.runtime,
+                       "aiozc": s.aiozc, "mode": s.mode} for s in receivers],
+        "jobs": [{"workload": j.workload, "frame_size": j.frame_size, "count": j.count,
+                  "sender": "zerocopy" if j.zerocopy else "plain"} for j in jobs],
+        "header_bytes": HEADER,
+        "targets": [{"target": t, "met": m, "evidence": ev} for t, m, ev in targets(res)],
+        "runs": [r.to_json() for r in runs],
+    }, indent=1))
+    print(f"wrote {md}, {js}" + ("" if plot_note else f", {png}"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``python -m benchmarks --quick`` runs end to end and writes its three files.
+
+A smoke test: it asserts nothing about speed.  With only the ``test`` extra
+installed (no matplotlib, no aiofastnet) the benchmark must still succeed:
+it then writes a note instead of the plot and skips the aiofastnet receiver.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_writes_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-progress",
+         "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    md = (tmp_path / "benchmarks.md").read_text()
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    names = [r["name"] for r in data["receivers"]]
+    assert names, "no receiver ran"
+    assert any("floor" in n for n in names)
+    ran = {r["receiver"] for r in data["runs"]}
+    assert ran == set(names)
+    for name in names:
+        assert f"| {name} |" in md, f"no row for {name}"
+    assert "## Targets" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = tmp_path / "benchmarks.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "No plot" in md
+    if importlib.util.find_spec("aiofastnet") is None:
+        assert "aiofastnet" in md  # listed as skipped
