@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, final
+from typing import Any, NoReturn, final
 
 import anyio.lowlevel
 from anyio import (
@@ -568,6 +568,21 @@ class ZCSocketListener(SocketListener):
         await anyio.lowlevel.checkpoint()
 
 
+def _raise_attempts(errors: list[OSError], what: str) -> NoReturn:
+    """Raise for failed attempts, one per resolved address.
+
+    One attempt: its own error (a ConnectionRefusedError stays one).
+    Several: an OSError caused by an ExceptionGroup of them all.
+    """
+    if not errors:
+        raise OSError(f"could not {what}: the name resolved to no address")
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(
+        f"could not {what}: all {len(errors)} addresses failed"
+    ) from ExceptionGroup(f"attempts to {what}", errors)
+
+
 async def connect_tcp(
     remote_host: IPAddressType,
     remote_port: int,
@@ -626,13 +641,7 @@ async def connect_tcp(
         except BaseException:
             sock.close()
             raise
-    if not errors:
-        raise OSError(f"no address to connect to for {remote_host!r}:{remote_port}")
-    if len(errors) == 1:
-        raise errors[0]
-    raise OSError(
-        f"all {len(errors)} connection attempts to {remote_host!r}:{remote_port} failed"
-    ) from ExceptionGroup("connection attempts", errors)
+    _raise_attempts(errors, f"connect to {remote_host!r}:{remote_port}")
 
 
 async def create_tcp_listener(
@@ -681,10 +690,4 @@ async def create_tcp_listener(
         except BaseException:
             sock.close()
             raise
-    if not errors:
-        raise OSError(f"no address to listen on for {local_host!r}")
-    if len(errors) == 1:
-        raise errors[0]
-    raise OSError(
-        f"could not listen on any address of {local_host!r}"
-    ) from ExceptionGroup("listen attempts", errors)
+    _raise_attempts(errors, f"listen on {local_host!r}")
