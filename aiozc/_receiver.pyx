@@ -283,7 +283,7 @@ cdef class _Pool:
 
     cdef void zap(self) noexcept:
         """madvise(MADV_DONTNEED) every dirty region, one call per run."""
-        cdef int i = 0, start
+        cdef int i = 0, start, j
         cdef size_t length
         cdef char *base
         while i < self.nregions:
@@ -292,20 +292,23 @@ cdef class _Pool:
                 continue
             start = i
             while i < self.nregions and self.rstate[i] == R_DIRTY:
-                self.rstate[i] = R_CLEAN
-                self.clean_stack[self.nclean] = i
-                self.nclean += 1
                 i += 1
             # Only the used part of the last region of the run holds pages.
             length = (i - 1 - start) * self.region_size + self.rused[i - 1]
             base = self.window + start * self.region_size
+            # Dirty regions have no views and only the pump (this thread)
+            # takes regions, so nothing can reach them while the GIL is
+            # released; they become clean only once the pages are gone.
             with nogil:
                 madvise(base, length, MADV_DONTNEED)
-            for start in range(start, i):
-                self.rused[start] = 0
+            for j in range(start, i):
+                self.rused[j] = 0
+                self.rstate[j] = R_CLEAN
+                self.clean_stack[self.nclean] = j
+                self.nclean += 1
+                self.ndirty -= 1
+                self.regions_recycled += 1
             self.zap_calls += 1
-        self.regions_recycled += self.ndirty
-        self.ndirty = 0
 
     cdef size_t region_room(self, size_t min_room) noexcept:
         """Bytes free in the current region (taking a new one if needed); 0 if none."""
