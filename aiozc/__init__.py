@@ -7,6 +7,7 @@ buffers where mapping is unavailable or does not pay.  Start with
 loop from :func:`new_event_loop` / :func:`run`.
 """
 
+from ._buffer import ViewBuffer as ViewBuffer
 from ._config import ExhaustedPolicy as ExhaustedPolicy
 from ._config import ZCConfig as ZCConfig
 from ._config import ZerocopyPolicy as ZerocopyPolicy
@@ -26,6 +27,7 @@ from ._transport import ZCTransport as ZCTransport
 __all__ = [
     "ExhaustedPolicy",
     "Server",
+    "ViewBuffer",
     "ZCConfig",
     "ZCProtocol",
     "ZCStats",

@@ -14,11 +14,17 @@ released).  A slice keeps its parent's memory pinned, as any view does.
 from __future__ import annotations
 
 from collections import deque
-from typing import final
+from typing import Protocol, final
 
 from ._search import find as _find
 
 __all__ = ["ViewBuffer"]
+
+
+class _Gatherer(Protocol):
+    """What :meth:`ViewBuffer.gather` needs: the engine's ``gather``."""
+
+    def gather(self, views: deque[memoryview], total: int) -> int: ...
 
 
 @final
@@ -117,6 +123,22 @@ class ViewBuffer:
                 carry = (carry + bytes(view[-keep:]))[-keep:] if size < keep else bytes(view[-keep:])
             offset += size
         return -1
+
+    def gather(self, receiver: _Gatherer, total: int) -> bool:
+        """Hand the queued bytes to ``receiver`` to receive a ``total``-byte frame whole.
+
+        ``receiver`` is the receive engine (``Receiver.gather``): it copies
+        the queued bytes, the head of the frame, into a buffer of ``total``
+        bytes and delivers the complete frame later as one view, which
+        lands here through the sink like any other.  The buffer is then
+        empty.  False (and nothing changed) if the engine declines.
+        """
+        copied = receiver.gather(self._views, total)
+        if copied < 0:
+            return False
+        self.bytes_assembled += copied
+        self.clear()
+        return True
 
     def clear(self) -> None:
         """Release every queued view."""

@@ -73,6 +73,8 @@ cdef extern from *:
 
     ctypedef unsigned int socklen_t
     int IPPROTO_TCP
+    int SOL_SOCKET
+    int SO_ERROR
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
 

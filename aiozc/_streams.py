@@ -30,6 +30,7 @@ from ._connect import create_connection, create_server
 from ._protocol import ZCProtocol
 from ._server import Server
 from ._stats import ZCStats
+from ._transport import ZCTransport
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -224,11 +225,35 @@ class ZCStreamReader(asyncio.StreamReader):
             raise ValueError("readexactly size can not be less than zero")
         if self._exception is not None:
             raise self._exception
-        while len(self._views) < n:
-            if self._eof:
-                partial = self._views.take_bytes(len(self._views))
-                raise asyncio.IncompleteReadError(partial, n)
-            await self._wait_for_data("readexactly")
+        views = self._views
+        if len(views) >= n:
+            return
+        # A big frame: have the transport receive its rest straight into
+        # one buffer (ZCTransport.gather) instead of assembling it later.
+        transport = self._transport
+        gathering = (
+            not self._eof
+            and isinstance(transport, ZCTransport)
+            and transport.gather(views, n)
+        )
+        try:
+            while len(views) < n:
+                if self._eof:
+                    partial = views.take_bytes(len(views))
+                    raise asyncio.IncompleteReadError(partial, n)
+                if isinstance(transport, ZCTransport):
+                    # Read no further than this frame: bytes read ahead of
+                    # the next one would be views to assemble, where left
+                    # in the kernel they can be gathered.
+                    transport._want = n - len(views)
+                await self._wait_for_data("readexactly")
+        finally:
+            if isinstance(transport, ZCTransport):
+                transport._want = 0
+                if gathering and len(views) < n:
+                    # Cancelled (or failed) before the frame was complete:
+                    # what arrived of it is queued again, in order.
+                    transport.end_gather()
 
     async def _find_separator(self, separator: bytes) -> int:
         """Wait until ``separator`` is buffered; the offset just past it."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import warnings
 from asyncio.trsock import TransportSocket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, final
 
+from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._protocol import ZCProtocol
 from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
@@ -92,6 +94,12 @@ class ZCTransport(asyncio.Transport):
         self._config = config if config is not None else ZCConfig()
         self._rx = Receiver(self._fd, self._config, None)
         self._rx.on_release = self._on_memory_released
+        # libuv drops a reader after reporting EPOLLERR once (see
+        # Receiver._raise_pending_error): on uvloop, collect errors eagerly.
+        self._rx.check_error_when_drained = type(loop).__module__.startswith("uvloop")
+        # Bytes a stream reader waits for (0: none, read up to the budget);
+        # see Receiver.pump.  Set by ZCStreamReader.
+        self._want = 0
         self._protocol: asyncio.BaseProtocol = protocol
         self._kind = _VIEWS
         self.set_protocol(protocol)
@@ -183,6 +191,32 @@ class ZCTransport(asyncio.Transport):
         if self._rx.has_pending:
             self._loop.call_soon(self._read_ready)
 
+    def gather(self, buffer: ViewBuffer, nbytes: int) -> bool:
+        """Receive the rest of an ``nbytes`` frame straight into one buffer.
+
+        For a :class:`ZCProtocol` that cuts frames with a
+        :class:`~aiozc.ViewBuffer`: when it knows the size of the frame it
+        waits for and ``buffer`` holds only its beginning, this moves those
+        bytes into a pooled buffer of ``nbytes`` bytes that the next
+        receives fill; ``data_received`` then gets the whole frame as one
+        view (or, at EOF or an error, what arrived of it), so the frame is
+        never assembled from pieces.  ``buffer`` is left empty.
+
+        Returns False, changing nothing, when it does not apply: the
+        connection is mapping pages (they cannot be made contiguous with
+        bytes already received), the frame is under twice
+        ``ZCConfig.receive_size`` (its head, up to one receive, is copied
+        anyway, so it would cost a receive call and save little), a gather
+        is already open, or no buffer fits within ``max_pinned_bytes``.
+        """
+        if self._closing or self._kind != _VIEWS:
+            return False
+        return buffer.gather(self._rx, nbytes)
+
+    def end_gather(self) -> None:
+        """Give up an open :meth:`gather`: ``data_received`` gets what arrived now."""
+        self._rx.end_gather()
+
     def _update_reader(self) -> None:
         want = not (self._closing or self._paused or self._starved or self._at_eof)
         if want and not self._reader_on:
@@ -197,7 +231,7 @@ class ZCTransport(asyncio.Transport):
             return
         if self._kind == _VIEWS:
             try:
-                n = self._rx.pump()
+                n = self._rx.pump(self._want)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -233,6 +267,9 @@ class ZCTransport(asyncio.Transport):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return
+        if len(data) < _MAX_RECV:
+            self._collect_error()
 
     def _read_ready_buffered(self) -> None:
         protocol: asyncio.BufferedProtocol = self._protocol  # type: ignore[assignment]
@@ -264,6 +301,19 @@ class ZCTransport(asyncio.Transport):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return
+        if n < len(buf):  # type: ignore[arg-type]
+            self._collect_error()
+
+    def _collect_error(self) -> None:
+        # The plain protocols' side of Receiver._raise_pending_error: on
+        # uvloop, a receive that drained the queue collects a pending reset
+        # now, because libuv will not report the socket readable again.
+        if not self._rx.check_error_when_drained or self._closing:
+            return
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fatal_error(OSError(err, os.strerror(err)), "Fatal read error on aiozc transport")
 
     def _read_eof(self) -> None:
         if self._loop.get_debug():

@@ -31,6 +31,8 @@ Install with ``pip install 'aiozc[anyio]'``.
 
 from __future__ import annotations
 
+import asyncio
+
 try:
     import anyio
 except ImportError as _exc:  # pragma: no cover - depends on the environment
@@ -142,6 +144,14 @@ def _check_listening(sock: socket.socket) -> None:
         raise ValueError("the socket must be listening (call listen() first)")
 
 
+def _running_on_uvloop() -> bool:
+    try:
+        loop = asyncio.get_running_loop()  # raises under trio: no asyncio loop
+    except RuntimeError:
+        return False
+    return type(loop).__module__.startswith("uvloop")
+
+
 @final
 class ZCSocketStream(SocketStream):
     """An anyio socket stream that receives with ``TCP_ZEROCOPY_RECEIVE``.
@@ -174,6 +184,9 @@ class ZCSocketStream(SocketStream):
         self._buf = ViewBuffer()
         self._rx = Receiver(sock.fileno(), self._config, self._buf.append)
         self._rx.on_release = self._on_release
+        # On uvloop, wait_readable is libuv's poll, which goes silent after
+        # a reset (see Receiver._raise_pending_error).
+        self._rx.check_error_when_drained = _running_on_uvloop()
         self._freed = False  # on_release fired since the last pump
         self._eof = False  # the engine reached the peer's FIN
         self._error: OSError | None = None  # the engine's socket error
@@ -301,11 +314,23 @@ class ZCSocketStream(SocketStream):
             return buf.take(nbytes)
         with self._receive_guard:
             self._receiving = True
+            # A big frame: the engine receives its rest straight into one
+            # buffer (Receiver.gather) instead of it being assembled later.
+            gathering = (
+                not self._eof
+                and self._error is None
+                and not self._closed
+                and buf.gather(self._rx, nbytes)
+            )
             try:
                 if not await self._fill(nbytes, yield_if_ready=False):
                     raise IncompleteRead
             finally:
                 self._receiving = False
+                if gathering and len(buf) < nbytes:
+                    # Cancelled or failed before the frame was complete:
+                    # what arrived of it is queued again, in order.
+                    self._rx.end_gather()
             return buf.take(nbytes)
 
     async def _fill(self, nbytes: int, yield_if_ready: bool = True) -> bool:
@@ -336,7 +361,8 @@ class ZCSocketStream(SocketStream):
             before = len(buf)
             self._freed = False
             try:
-                got = rx.pump()
+                # Read no further than needed (see Receiver.pump).
+                got = rx.pump(nbytes - before)
             except OSError as exc:
                 # Bytes received before the error are queued; the error is
                 # raised once they are read (or cannot complete a frame).

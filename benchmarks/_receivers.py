@@ -201,6 +201,9 @@ class ZCFrames(aiozc.ZCProtocol):
                 with vb.take(HEADER) as header:
                     self.size = int.from_bytes(header, "big")
             if len(vb) < self.size:
+                # A frame bigger than what arrived: received whole, straight
+                # into one buffer, if the transport can (ZCTransport.gather).
+                self.transport.gather(vb, self.size)
                 break
             with vb.take(self.size) as frame:
                 sink.crc = zlib.crc32(frame, sink.crc)
@@ -338,7 +341,7 @@ def _floor(sock: socket.socket, job: Job, meter: Meter) -> int:
         while frames < job.count:
             if not poller.poll(30_000):
                 raise TimeoutError("floor: no data for 30 s")
-            r = pump()
+            r = pump((size if size >= 0 else HEADER) - len(vb))
             while True:
                 if size < 0:
                     if len(vb) < HEADER:
@@ -346,6 +349,7 @@ def _floor(sock: socket.socket, job: Job, meter: Meter) -> int:
                     with take(HEADER) as header:
                         size = int.from_bytes(header, "big")
                 if len(vb) < size:
+                    vb.gather(rx, size)
                     break
                 with take(size) as frame:
                     crc = zlib.crc32(frame, crc)

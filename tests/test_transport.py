@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -558,5 +559,72 @@ class TestLoad:
             # A few mappings of slack for malloc; a leaked window or slab per
             # connection would show up as 1,000.
             assert maps1 <= maps0 + 8, (maps0, maps1)
+
+        run(main())
+
+
+class TestResetRace:
+    """A reset that lands while bytes are still queued is reported, on every loop.
+
+    libuv (uvloop) reports EPOLLERR once, calls the reader one last time and
+    then drops it: a receive that took the queued bytes and left the reset
+    pending used to hang the connection forever on uvloop (found by the
+    gather tests).  Repeated, because whether the RST arrives before or
+    after the first read is a race.
+    """
+
+    @pytest.mark.parametrize("kind", ["views-copy", "views-map", "bytes", "buffered"])
+    def test_reset_with_bytes_queued(self, run: Run, kind: str) -> None:
+        data = payload(400_000, seed=31)
+
+        class Plain(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.hasher, self.received = hashlib.sha256(), 0
+                self.exc: BaseException | None = None
+                self.lost = asyncio.get_running_loop().create_future()
+
+            def data_received(self, data: bytes) -> None:
+                self.hasher.update(data)
+                self.received += len(data)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                self.exc = exc
+                self.lost.set_result(None)
+
+        class Buffered(asyncio.BufferedProtocol, Plain):
+            buf = bytearray(65536)
+
+            def get_buffer(self, sizehint: int) -> memoryview:
+                return memoryview(self.buf)
+
+            def buffer_updated(self, nbytes: int) -> None:
+                self.data_received(self.buf[:nbytes])
+
+        factory: Any = {"bytes": Plain, "buffered": Buffered}.get(kind, Collector)
+        config = ZCConfig(zerocopy="always" if kind == "views-map" else "never")
+
+        async def once() -> None:
+            with socket.create_server(("127.0.0.1", 0)) as listener:
+                transport, proto = await aiozc.create_connection(
+                    factory, "127.0.0.1", listener.getsockname()[1], config=config)
+                conn, _ = listener.accept()
+            conn.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                conn.send(data)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            conn.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(proto.lost), 5)
+            except TimeoutError:
+                pytest.fail(f"{kind}: the reset was never reported ({transport!r})")
+            finally:
+                transport.close()
+            assert isinstance(proto.exc, ConnectionResetError), proto.exc
+            # What arrived before the reset is a prefix of what was sent.
+            assert proto.hasher.hexdigest() == sha(data[:proto.received])
+
+        async def main() -> None:
+            for _ in range(25):
+                await once()
 
         run(main())
