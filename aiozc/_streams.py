@@ -153,9 +153,12 @@ class ZCStreamReader(asyncio.StreamReader):
 
     async def readexactly_view(self, n: int) -> memoryview:
         """Exactly ``n`` bytes as a view; ``IncompleteReadError`` at an early EOF."""
-        await self._fill(n)
-        view = self._views.take(n)
-        self._maybe_resume_transport()
+        views = self._views
+        if not (0 <= n <= len(views)) or self._exception is not None:
+            await self._fill(n)
+        view = views.take(n)
+        if self._paused:
+            self._maybe_resume_transport()
         return view
 
     async def readuntil_view(self, separator: ReadableBuffer = b"\n") -> memoryview:

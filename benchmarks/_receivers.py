@@ -198,8 +198,7 @@ class ZCFrames(aiozc.ZCProtocol):
             if self.size < 0:
                 if len(vb) < HEADER:
                     break
-                with vb.take(HEADER) as header:
-                    self.size = int.from_bytes(header, "big")
+                self.size = vb.take_int(HEADER)
             if len(vb) < self.size:
                 # A frame bigger than what arrived: received whole, straight
                 # into one buffer, if the transport can (ZCTransport.gather).
@@ -333,7 +332,7 @@ def _floor(sock: socket.socket, job: Job, meter: Meter) -> int:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     rpc = job.workload == "rpc"
-    pump, take = rx.pump, vb.take
+    pump, take, take_int = rx.pump, vb.take, vb.take_int
     crc = frames = 0
     size = -1
     meter.start()
@@ -346,8 +345,7 @@ def _floor(sock: socket.socket, job: Job, meter: Meter) -> int:
                 if size < 0:
                     if len(vb) < HEADER:
                         break
-                    with take(HEADER) as header:
-                        size = int.from_bytes(header, "big")
+                    size = take_int(HEADER)
                 if len(vb) < size:
                     vb.gather(rx, size)
                     break
