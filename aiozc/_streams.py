@@ -239,24 +239,31 @@ class ZCStreamReader(asyncio.StreamReader):
             and isinstance(transport, ZCTransport)
             and transport.gather(views, n)
         )
+        zc = transport if isinstance(transport, ZCTransport) else None
         try:
             while len(views) < n:
+                if self._exception is not None:
+                    raise self._exception
                 if self._eof:
                     partial = views.take_bytes(len(views))
                     raise asyncio.IncompleteReadError(partial, n)
-                if isinstance(transport, ZCTransport):
-                    # Read no further than this frame: bytes read ahead of
-                    # the next one would be views to assemble, where left
-                    # in the kernel they can be gathered.
-                    transport._want = n - len(views)
+                if zc is not None:
+                    # Receive now if the socket may hold more (see
+                    # ZCTransport._pull), reading no further than this frame:
+                    # bytes read ahead of the next one would be views to
+                    # assemble, where left in the kernel they can be gathered.
+                    zc._pull(n - len(views))
+                    if len(views) >= n or self._eof or self._exception is not None:
+                        continue
+                    zc._want = n - len(views)
                 await self._wait_for_data("readexactly")
         finally:
-            if isinstance(transport, ZCTransport):
-                transport._want = 0
+            if zc is not None:
+                zc._want = 0
                 if gathering and len(views) < n:
                     # Cancelled (or failed) before the frame was complete:
                     # what arrived of it is queued again, in order.
-                    transport.end_gather()
+                    zc.end_gather()
 
     async def _find_separator(self, separator: bytes) -> int:
         """Wait until ``separator`` is buffered; the offset just past it."""

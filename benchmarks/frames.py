@@ -30,7 +30,12 @@ _BASELINE = {"asyncio": "asyncio streams readexactly", "uvloop": "asyncio stream
              "anyio-asyncio": "anyio BufferedByteReceiveStream",
              "anyio-trio": "anyio BufferedByteReceiveStream"}
 _APIS = ("asyncio streams readexactly", "aiozc streams readexactly_view",
-         "anyio BufferedByteReceiveStream", "aiozc anyio receive_exactly_view")
+         "anyio BufferedByteReceiveStream", "aiozc anyio receive_exactly_view",
+         "aiozc floor (engine + poll, no loop)")
+#: The floor: aiozc's engine in a blocking poll() loop, frames cut with the
+#: same ViewBuffer, no event loop at all.  No reader on an event loop can be
+#: cheaper, so floor / baseline is the best ratio any of them could reach.
+_FLOOR = "aiozc floor (engine + poll, no loop) [blocking]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         "| runtime | receiver | µs per frame (median [min–max]) | vs the runtime's stdlib reader |",
         "|---|---|---|---|",
     ]
+    floor = statistics.median(results[_FLOOR]) if _FLOOR in results else float("nan")
     for s in receivers:
         values = results[s.name]
+        if s.name == _FLOOR:
+            lines.append(f"| (none) | {s.api} | {statistics.median(values):.1f} "
+                         f"[{min(values):.1f}–{max(values):.1f}] | (the floor) |")
+            continue
         base_name = f"{_BASELINE[s.runtime]} [{s.runtime}]"
         base = statistics.median(results[base_name]) if base_name in results else float("nan")
         med = statistics.median(values)
         lines.append(f"| {s.runtime} | {s.api} | {med:.1f} [{min(values):.1f}–"
                      f"{max(values):.1f}] | {med / base:.2f}x |")
+    lines += ["", "The best ratio any reader could reach on this machine is the floor over "
+              "each baseline: " + ", ".join(
+                  f"{rt} {floor / statistics.median(results[f'{b} [{rt}]']):.2f}x"
+                  for rt, b in _BASELINE.items() if f"{b} [{rt}]" in results) + "."]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.output:
