@@ -27,6 +27,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
+from aiozc._receiver import join as _join
 from aiozc._search import find as _find
 
 __all__ = ["ViewBuffer"]
@@ -110,9 +111,51 @@ cdef class ViewBuffer:
             out = first[off:]
             first.release()
             return out
+        out = self._take_joined(n)
+        if out is not None:
+            return out
         out = self.take_bytes(n)
         self.bytes_assembled += n
         return memoryview(out)
+
+    cdef object _take_joined(self, Py_ssize_t n):
+        # The first n bytes span views: if each view continues the previous
+        # one in the same pooled buffer (aiozc._receiver.join), cut them as
+        # one view, no copy; else None, nothing consumed.
+        cdef list views = self._views
+        cdef Py_ssize_t i = self._head, k = self._first_len - self._off, last_len
+        first = views[i]
+        cur = first[self._off:] if self._off else first
+        while k < n:
+            i += 1
+            nxt = views[i]
+            joined = _join(cur, nxt)
+            if cur is not first:
+                cur.release()
+            if joined is None:
+                return None
+            cur = joined
+            k += len(nxt)
+        if k > n:
+            out = cur[:n]
+            cur.release()
+        else:
+            out = cur
+        # Consume: views head..i-1 entirely, view i up to its last k - n bytes.
+        for j in range(self._head, i):
+            v = views[j]
+            views[j] = None
+            v.release()
+        last = views[i]
+        last_len = len(last)
+        self._head = i
+        self._first_len = last_len
+        self._off = last_len - (k - n)
+        self._size -= n
+        if k == n:
+            self._advance()
+            last.release()
+        return out
 
     cpdef bytes take_bytes(self, Py_ssize_t n):
         """Cut the first ``n`` bytes (``n <= len(self)``) as a copy."""

@@ -49,8 +49,8 @@ class ZCConfig:
     # madvise calls; 2 MiB regions cost +14.3 to +24.6% in every run.
     region_size: int = 512 * KiB
 
-    # Bytes asked of the kernel per receive call, mapped or copied (and the
-    # size of a copy slab).  Measured against 256 KiB: 64 KiB costs +4.5 to
+    # Bytes asked of the kernel per receive call, mapped or copied (a copy
+    # slab holds four).  Measured against 256 KiB: 64 KiB costs +4.5 to
     # +13% when mapping and is within noise (-4.3 to +3.5%) when copying;
     # 1 MiB saves nothing measurable (-0.4 to +4.5%) while pinning 4x more
     # memory per held view.  256 KiB is also what CPython's selector
@@ -101,6 +101,46 @@ class ZCConfig:
     # 0.0%, a MSG_ZEROCOPY peer 93.8%; any threshold between separates them.
     min_mapped_fraction: float = 0.5
 
+    # -- sending ---------------------------------------------------------
+    #
+    # ``ZCTransport.write()`` sends an immutable buffer (``bytes``, or a
+    # read-only view aiozc handed out) with ``MSG_ZEROCOPY``: the kernel
+    # sends from the buffer's own pages and the transport holds the buffer
+    # until the kernel's completion notification releases it.  ``auto``
+    # does so from ``send_zerocopy_threshold`` bytes up, and falls back to
+    # plain sends once the kernel reports it copied anyway; ``always`` sends
+    # every immutable buffer that way and never falls back (the peer of a
+    # test that wants mappable pages over loopback); ``never`` sends every
+    # write plainly, as asyncio does.  Mutable buffers (bytearray, writable
+    # views) are always copied: the application may change them as soon as
+    # write() returns.
+    send_zerocopy: ZerocopyPolicy = "auto"
+
+    # Smallest write ``auto`` sends with MSG_ZEROCOPY.  Measured with
+    # ``python -m benchmarks.send_threshold`` (docs/send_threshold.md): on a
+    # path where nothing copies a zerocopy send, a plain send costs
+    # 2.1 us + 0.065 us/KiB of sender CPU, a zerocopy send reaped at once
+    # 4.5 us + 0.008 us/KiB; they cross at 42 KiB, and each microsecond of
+    # per-send bookkeeping moves the crossing by 17 KiB.  With the
+    # transport's own bookkeeping (its view, the hold, the notification's
+    # parse; the same script's third variant) the crossing is the figure
+    # below.  Reaping many completions at once (one notification covers a
+    # run of sends) brings it down to the ~10 KB the kernel documentation
+    # gives, but an application that writes once per event-loop iteration
+    # reaps once per send.
+    send_zerocopy_threshold: int = 64 * KiB
+
+    # ``auto`` falls back to plain sends after this many consecutive sends
+    # whose completion said the kernel copied them (any completion that did
+    # not copy resets the count).  On loopback and veth every completion is
+    # copied (docs/send_threshold.md, part 2: 100% of them), and each copied
+    # send costs +6 to +100 us of sender CPU over a plain one at 64 KiB to
+    # 1 MiB, so 8 of them cost under 1 ms per connection.  What makes a path
+    # copy (local delivery, a device without scatter-gather, a packet tap)
+    # lasts, so waiting for more gains little; 8 rather than 1 keeps one
+    # odd completion from deciding for the connection's lifetime.
+    send_zerocopy_copied_limit: int = 8
+
     def __post_init__(self) -> None:
         if self.zerocopy not in ("auto", "always", "never"):
             raise ValueError(
@@ -131,3 +171,12 @@ class ZCConfig:
             raise ValueError("probe_bytes and reprobe_bytes must be positive")
         if not 0.0 <= self.min_mapped_fraction <= 1.0:
             raise ValueError("min_mapped_fraction must be between 0 and 1")
+        if self.send_zerocopy not in ("auto", "always", "never"):
+            raise ValueError(
+                "send_zerocopy must be 'auto', 'always' or 'never', "
+                f"not {self.send_zerocopy!r}"
+            )
+        if self.send_zerocopy_threshold < 0:
+            raise ValueError("send_zerocopy_threshold must not be negative")
+        if self.send_zerocopy_copied_limit < 1:
+            raise ValueError("send_zerocopy_copied_limit must be at least 1")

@@ -8,6 +8,8 @@ from ._stats import ZCStats
 PUMP_EOF: Final[int]
 PUMP_STARVED: Final[int]
 
+def join(a: memoryview, b: memoryview) -> memoryview | None: ...
+
 @final
 class Receiver:
     sink: Callable[[memoryview], object] | None

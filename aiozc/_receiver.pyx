@@ -34,6 +34,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from aiozc._kernel cimport *
 
 import os as _os
+from builtins import memoryview as _MemoryView
 
 from aiozc._stats import ZCStats
 
@@ -90,6 +91,13 @@ cdef enum:
 # a connection keeps around to 4 regions plus the one being filled.
 cdef enum:
     ZAP_BATCH = 4
+
+# A copy slab holds this many receives of receive_size.  Consecutive
+# receives land back to back in a slab, so a frame that spans them is one
+# view over both (join()): with one receive per slab every frame that
+# straddled two receives was copied to be assembled.
+cdef enum:
+    SLAB_RECEIVES = 4
 
 # One pump() delivers at most this many bytes before returning to the event
 # loop, so one busy connection cannot starve the others.  4x CPython's
@@ -172,6 +180,7 @@ cdef class _Pool:
     cdef char **slabs
     cdef int *srefs
     cdef size_t *sused
+    cdef size_t *sfaulted
     cdef int nslabs
     cdef int max_slabs
     cdef int cur_slab
@@ -206,7 +215,9 @@ cdef class _Pool:
         self.slabs = <char **>calloc(self.max_slabs, sizeof(char *))
         self.srefs = <int *>calloc(self.max_slabs, sizeof(int))
         self.sused = <size_t *>calloc(self.max_slabs, sizeof(size_t))
-        if self.slabs == NULL or self.srefs == NULL or self.sused == NULL:
+        self.sfaulted = <size_t *>calloc(self.max_slabs, sizeof(size_t))
+        if (self.slabs == NULL or self.srefs == NULL or self.sused == NULL
+                or self.sfaulted == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -224,6 +235,7 @@ cdef class _Pool:
         free(self.slabs)
         free(self.srefs)
         free(self.sused)
+        free(self.sfaulted)
         free(self.rrefs)
         free(self.rstate)
         free(self.rused)
@@ -365,7 +377,27 @@ cdef class _Pool:
     # -- slabs ---------------------------------------------------------------
 
     cdef size_t slab_room(self, size_t want, size_t min_room) noexcept:
-        """Bytes free in the current slab (switching if needed); 0 if none."""
+        """Bytes free in the current slab (switching if needed); 0 if none.
+
+        The bytes returned are faulted in first (see _slab_room).
+        """
+        cdef size_t room = self._slab_room(want, min_room)
+        cdef int cur = self.cur_slab
+        cdef size_t end
+        if room:
+            end = self.sused[cur] + room
+            if end > self.sfaulted[cur]:
+                # Fault the pages in now, once, rather than inside the recv()
+                # into them, where 'auto' would take them for the cost of
+                # copying (the caller's clock starts after this).  Only as
+                # far as receives reach: a connection that exchanges small
+                # messages keeps reusing the start of its first slab, and
+                # its memory stays at that.
+                memset(self.slabs[cur] + self.sfaulted[cur], 0, end - self.sfaulted[cur])
+                self.sfaulted[cur] = end
+        return room
+
+    cdef size_t _slab_room(self, size_t want, size_t min_room) noexcept:
         cdef int cur = self.cur_slab
         cdef int i
         cdef size_t room
@@ -394,9 +426,7 @@ cdef class _Pool:
         self.slabs[i] = <char *>malloc(self.slab_size)
         if self.slabs[i] == NULL:
             return 0
-        # Fault the pages in now, once, rather than inside the first recv()
-        # into them, where 'auto' would take them for the cost of copying.
-        memset(self.slabs[i], 0, self.slab_size)
+        self.sfaulted[i] = 0
         self.nslabs += 1
         self.cur_slab = i
         self.sused[i] = 0
@@ -474,6 +504,51 @@ cdef class _Pool:
         return PyMemoryView_FromObject(chunk)
 
 
+# A frame that spans two receives is usually in two views over one pooled
+# buffer: consecutive copy receives fill a slab front to back, and
+# consecutive mapped receives fill a region page after page.  Where the
+# second view starts at the byte after the first one's end, one view over
+# both is a new chunk of the same buffer: the frame needs no assembly.
+# Views over other memory, or not adjacent (a copy-buffer view between two
+# mapped ones, a switch of slab or region), are left to the caller to copy.
+
+def join(a, b):
+    """One read-only view over ``a`` then ``b`` if ``b`` continues ``a`` in
+    the same pooled buffer, else None.  ``a`` and ``b`` stay valid (the
+    caller releases them as usual)."""
+    cdef object oa, ob
+    cdef _Chunk ca, cb
+    cdef Py_buffer ba, bb
+    cdef char *start
+    cdef Py_ssize_t total
+    cdef bint adjacent
+    if type(a) is not _MemoryView or type(b) is not _MemoryView:
+        return None
+    oa = a.obj
+    ob = b.obj
+    if type(oa) is not _Chunk or type(ob) is not _Chunk:
+        return None
+    ca = <_Chunk>oa
+    cb = <_Chunk>ob
+    if (ca.pool is None or ca.pool is not cb.pool or ca.kind != cb.kind
+            or ca.index != cb.index):
+        return None
+    PyObject_GetBuffer(a, &ba, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(b, &bb, PyBUF_SIMPLE)
+        try:
+            adjacent = <char *>ba.buf + ba.len == <char *>bb.buf
+            start = <char *>ba.buf
+            total = ba.len + bb.len
+        finally:
+            PyBuffer_Release(&bb)
+    finally:
+        PyBuffer_Release(&ba)
+    if not adjacent:
+        return None
+    return ca.pool.view(ca.kind, ca.index, start, total)
+
+
 class _Unraisable:
     """What sys.unraisablehook expects, for an exception in on_release."""
 
@@ -545,7 +620,7 @@ cdef class Receiver:
         self.receive_size = config.receive_size
         self.copybuf_size = config.copybuf_size
         self.pool = _Pool(config.window_size, config.region_size,
-                          config.receive_size, config.max_pinned_bytes)
+                          SLAB_RECEIVES * config.receive_size, config.max_pinned_bytes)
         self.pause_when_exhausted = config.on_exhausted == "pause"
         self.probe_bytes = config.probe_bytes
         self.reprobe_bytes = config.reprobe_bytes

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+import select
+import socket
 
 import pytest
 
+from aiozc import ZCConfig
 from aiozc._buffer import ViewBuffer
+from aiozc._receiver import Receiver, join
 from aiozc._search import find
 
 
@@ -138,3 +142,69 @@ def test_search_find() -> None:
     assert find(data, b"zz") == -1
     assert find(data, b"d", 11) == -1
     assert find(data, b"hello world!") == -1
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def _receive_views(chunks: list[bytes]) -> tuple[list[memoryview], list[object]]:
+    """Each chunk sent and received separately by a copy-mode engine: its views."""
+    client, server = _tcp_pair()
+    server.setblocking(False)
+    views: list[memoryview] = []
+    rx = Receiver(server.fileno(), ZCConfig(zerocopy="never"), views.append)
+    for chunk in chunks:
+        client.sendall(chunk)
+        got = 0
+        while got < len(chunk):
+            select.select([server], [], [], 5)
+            got += max(rx.pump(), 0)
+    return views, [rx, client, server]
+
+
+class TestJoin:
+    """aiozc._receiver.join: one view over two that lie back to back in one buffer."""
+
+    def test_adjacent_receives_join_without_copy(self) -> None:
+        views, keep = _receive_views([b"hello ", b"world", b"!"])
+        assert [bytes(v) for v in views] == [b"hello ", b"world", b"!"]
+        joined = join(views[0], views[1])
+        assert joined is not None and bytes(joined) == b"hello world" and joined.readonly
+        # Slices join too, as long as they touch.
+        assert bytes(join(views[0][3:], views[1][:2]) or b"") == b"lo wo"
+        # Not adjacent, or in the wrong order: no join.
+        assert join(views[1], views[0]) is None
+        assert join(views[0], views[2]) is None
+        assert join(views[0][:2], views[1]) is None
+        # Views over other memory never join.
+        data = b"abcdef"
+        assert join(memoryview(data)[:3], memoryview(data)[3:]) is None
+
+    def test_joined_view_pins_and_outlives_its_parts(self) -> None:
+        views, keep = _receive_views([b"a" * 1000, b"b" * 1000])
+        rx = keep[0]
+        assert isinstance(rx, Receiver)
+        joined = join(views[0], views[1])
+        assert joined is not None
+        for v in views:
+            v.release()
+        rx.close()
+        # The engine is closed and the parts released: the joined view is
+        # the last user of the slab, which stays valid until it goes.
+        assert bytes(joined) == b"a" * 1000 + b"b" * 1000
+        assert rx.stats().views_outstanding == 1
+        joined.release()
+        assert rx.stats().views_outstanding == 0
+
+    def test_buffer_cuts_spanning_frames_by_joining(self) -> None:
+        views, keep = _receive_views([b"0123", b"4567", b"89"])
+        buf = ViewBuffer()
+        for v in views:
+            buf.append(v)
+        frame = buf.take(9)  # spans all three receives
+        assert bytes(frame) == b"012345678" and buf.bytes_assembled == 0
+        assert bytes(buf.take(1)) == b"9" and len(buf) == 0
