@@ -117,24 +117,26 @@ class ZCConfig:
     send_zerocopy: ZerocopyPolicy = "auto"
 
     # Smallest write ``auto`` sends with MSG_ZEROCOPY.  Measured with
-    # ``python -m benchmarks.send_threshold`` (docs/send_threshold.md): on a
-    # path where nothing copies a zerocopy send, a plain send costs
-    # 2.1 us + 0.065 us/KiB of sender CPU, a zerocopy send reaped at once
-    # 4.5 us + 0.008 us/KiB; they cross at 42 KiB, and each microsecond of
-    # per-send bookkeeping moves the crossing by 17 KiB.  With the
-    # transport's own bookkeeping (its view, the hold, the notification's
-    # parse; the same script's third variant) the crossing is the figure
-    # below.  Reaping many completions at once (one notification covers a
-    # run of sends) brings it down to the ~10 KB the kernel documentation
-    # gives, but an application that writes once per event-loop iteration
-    # reaps once per send.
+    # ``python -m benchmarks.send_threshold`` (docs/send_threshold.md) on a
+    # path where nothing copies a zerocopy send (UDP into a veth whose peer
+    # is down), sender CPU per send: plain 2.0 us + 0.064 us/KiB; zerocopy
+    # through this module's ZeroCopySends, reaped after every send,
+    # 4.4 us + 0.009 us/KiB.  They cross at 44.5 KiB, and every further
+    # microsecond per send moves the crossing by 18 KiB.  A transport that
+    # gets one write per event-loop iteration also pays one wake-up per
+    # completion: 1.2 us for the engine's receive call that finds nothing
+    # (stdlib loop), which puts the crossing at ~66 KiB, hence 64 KiB.  On
+    # uvloop the re-arm after each wake-up adds 4.5 us more (~150 KiB for
+    # one write per iteration), but the kernel coalesces the completions of
+    # consecutive sends, and reaped 16 sends at a time the crossing falls
+    # to 11 KiB, the ~10 KB the kernel documentation gives.
     send_zerocopy_threshold: int = 64 * KiB
 
     # ``auto`` falls back to plain sends after this many consecutive sends
     # whose completion said the kernel copied them (any completion that did
     # not copy resets the count).  On loopback and veth every completion is
     # copied (docs/send_threshold.md, part 2: 100% of them), and each copied
-    # send costs +6 to +100 us of sender CPU over a plain one at 64 KiB to
+    # send costs +7 to +80 us of sender CPU over a plain one at 64 KiB to
     # 1 MiB, so 8 of them cost under 1 ms per connection.  What makes a path
     # copy (local delivery, a device without scatter-gather, a packet tap)
     # lasts, so waiting for more gains little; 8 rather than 1 keeps one

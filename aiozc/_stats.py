@@ -1,4 +1,4 @@
-"""Per-connection receive statistics (:class:`ZCStats`)."""
+"""Per-connection receive and send statistics (:class:`ZCStats`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["ZCStats"]
 @final
 @dataclass(frozen=True, slots=True)
 class ZCStats:
-    """A snapshot of one connection's receive counters.
+    """A snapshot of one connection's receive and send counters.
 
     Take a new one with ``transport.stats`` (or
     ``transport.get_extra_info('aiozc_stats')``); the object itself does not
@@ -50,6 +50,35 @@ class ZCStats:
     #: Bytes a stream reader copied to join a frame that spanned several
     #: received views (0 for a plain protocol, which cuts no frames).
     bytes_assembled: int = 0
+
+    # -- sending (ZCTransport.write; zero for a stream that does not write
+    # through a ZCTransport) --
+
+    #: Payload bytes the kernel accepted with ``MSG_ZEROCOPY``: sent from
+    #: the application's own buffers, unless a completion then reported
+    #: that the kernel copied them (see ``zerocopy_completions_copied``).
+    bytes_sent_zerocopy: int = 0
+    #: Payload bytes sent with plain ``send()``: copied into the kernel.
+    bytes_sent_copied: int = 0
+    #: Bytes the transport copied into its own write buffer because the
+    #: socket did not take them at once: the only copy of outgoing data
+    #: aiozc makes in user space.  Writes that go zerocopy wait in the
+    #: queue as views of the caller's buffer instead, uncopied.
+    bytes_write_buffered: int = 0
+    #: ``MSG_ZEROCOPY`` sends whose completion has not arrived yet; the
+    #: transport holds a reference to each one's buffer until it does.
+    zerocopy_sends_pending: int = 0
+    #: ``MSG_ZEROCOPY`` sends whose completion said the kernel copied the
+    #: data after all (``SO_EE_CODE_ZEROCOPY_COPIED``: loopback, veth, a
+    #: device without scatter-gather, a packet tap).
+    zerocopy_completions_copied: int = 0
+    #: ``MSG_ZEROCOPY`` sends refused with ENOBUFS (the socket's option
+    #: memory or the locked-memory limit was full) and sent by copy instead.
+    zerocopy_enobufs: int = 0
+    #: Why large immutable writes are sent by copy now
+    #: (``send_zerocopy='never'``, the socket refused ``SO_ZEROCOPY``, or
+    #: ``auto`` saw the kernel copy); None while they go zerocopy.
+    send_fallback_reason: str | None = None
 
     @property
     def mapped_fraction(self) -> float:

@@ -4,7 +4,9 @@ Reading is the receive engine's job (``_receiver.pyx``); this module plugs
 it into an event loop with ``add_reader``, and implements the rest of the
 asyncio ``Transport`` contract (writing, flow control, closing) the way
 CPython's selector transport does, using only public loop methods so that
-the same class runs on the stdlib loop and on uvloop.
+the same class runs on the stdlib loop and on uvloop.  Large immutable
+writes go out with ``MSG_ZEROCOPY`` (``_zerocopy_send.py`` makes those
+sends and tracks their completions; this module schedules the reaping).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 import os
 import socket
 import warnings
+from asyncio.selector_events import BaseSelectorEventLoop
 from asyncio.trsock import TransportSocket
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, final
 
@@ -24,6 +28,7 @@ from ._config import ZCConfig
 from ._protocol import ZCProtocol
 from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
+from ._zerocopy_send import ZeroCopySends
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -43,6 +48,22 @@ _MAX_RECV = 256 * 1024
 # Write-side flow control defaults, as CPython's (64 KiB high, 16 KiB low).
 _HIGH_WATER = 64 * 1024
 
+# While MSG_ZEROCOPY sends are outstanding and neither add_reader nor
+# add_writer is registered (reading paused or finished, nothing queued,
+# closing), nothing would wake the transport for their completions, so a
+# timer reaps: first after 1 ms (a completion takes an ACK's round trip, or
+# on loopback the peer's read), then backing off to 50 ms while nothing
+# completes.  See "Reaping completions" below.
+_REAP_POLL_FIRST = 0.001
+_REAP_POLL_MAX = 0.05
+
+# After abort() (or a fatal error) with MSG_ZEROCOPY sends in the kernel,
+# the socket is kept open, shut down, until their completions arrive, so
+# their buffers are released only once the kernel is done with them.  Past
+# this many seconds (tcp_fin_timeout's default) the socket is reset
+# instead, which drops the kernel's write queue, and the rest is released.
+_LINGER_TIMEOUT = 60.0
+
 
 def _kind_of(protocol: asyncio.BaseProtocol) -> int:
     if isinstance(protocol, ZCProtocol):
@@ -59,8 +80,10 @@ class ZCTransport(asyncio.Transport):
     A :class:`ZCProtocol` gets read-only memoryviews; a plain
     ``asyncio.Protocol`` gets bytes and an ``asyncio.BufferedProtocol`` its
     own buffers, exactly as on asyncio's transports (through the copy path).
-    Writing, flow control and closing follow asyncio.  Build one through
-    :func:`aiozc.create_connection` and friends rather than directly.
+    Writing, flow control and closing follow asyncio, except that large
+    immutable writes go out with ``MSG_ZEROCOPY`` (``ZCConfig.send_zerocopy``)
+    and count as buffered until the kernel has completed them.  Build one
+    through :func:`aiozc.create_connection` and friends rather than directly.
     """
 
     def __init__(
@@ -94,6 +117,8 @@ class ZCTransport(asyncio.Transport):
         self._config = config if config is not None else ZCConfig()
         self._rx = Receiver(self._fd, self._config, None)
         self._rx.on_release = self._on_memory_released
+        self._zc = ZeroCopySends(sock, self._config)
+        self._lingering = False  # connection lost, socket kept for completions
         # libuv drops a reader after reporting EPOLLERR once (see
         # Receiver._raise_pending_error): on uvloop, collect errors eagerly.
         self._rx.check_error_when_drained = type(loop).__module__.startswith("uvloop")
@@ -110,7 +135,19 @@ class ZCTransport(asyncio.Transport):
         self._reader_on = False
         self._conn_lost = 0
         self._eof_written = False
-        self._buffer = bytearray()
+        # Not yet taken by the socket, in order: a bytearray of bytes
+        # copied from mutable or small writes (consecutive ones share it),
+        # or a memoryview of an immutable buffer to send zerocopy.
+        self._queue: deque[bytearray | memoryview] = deque()
+        self._queued = 0  # bytes in _queue
+        self._writer_on = False
+        # uvloop (libuv) stops an fd's poll handle on EPOLLERR, which is how
+        # completions announce themselves; see _rearm().
+        self._rearm_on_errqueue = not isinstance(loop, BaseSelectorEventLoop)
+        self._reap_timer: asyncio.TimerHandle | None = None
+        self._reap_delay = _REAP_POLL_FIRST
+        self._linger_deadline = 0.0
+        self._lost = False  # connection_lost() called
         self._high_water = _HIGH_WATER
         self._low_water = _HIGH_WATER // 4
         self._writing_paused = False
@@ -127,25 +164,36 @@ class ZCTransport(asyncio.Transport):
         return f"<ZCTransport fd={self._fd} {state} mode={self._rx.mode}>"
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if not hasattr(self, "_rx"):
+        if not hasattr(self, "_zc"):
             return  # __init__ failed before the transport owned the socket
         if self._sock.fileno() >= 0:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            if not self._lingering:  # an aborted transport's loop went away
+                _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
 
     # -- information ---------------------------------------------------------
 
     @property
     def stats(self) -> ZCStats:
-        """A snapshot of this connection's receive statistics."""
+        """A snapshot of this connection's receive and send statistics."""
         stats: ZCStats = self._rx.stats()
+        zc = self._zc
         if self._kind != _VIEWS:
-            return dataclasses.replace(
+            stats = dataclasses.replace(
                 stats,
                 mode="copy",
                 fallback_reason="the protocol is not a ZCProtocol, so it is given copies",
             )
-        return stats
+        return dataclasses.replace(
+            stats,
+            bytes_sent_zerocopy=zc.bytes_zerocopy,
+            bytes_sent_copied=zc.bytes_copied,
+            bytes_write_buffered=zc.bytes_buffered,
+            zerocopy_sends_pending=zc.pending,
+            zerocopy_completions_copied=zc.completions_copied,
+            zerocopy_enobufs=zc.enobufs,
+            send_fallback_reason=zc.fallback_reason,
+        )
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """As asyncio, plus ``'aiozc_stats'``: a fresh :class:`ZCStats`."""
@@ -225,8 +273,14 @@ class ZCTransport(asyncio.Transport):
         elif not want and self._reader_on:
             self._loop.remove_reader(self._fd)
             self._reader_on = False
+            self._update_reaper()
 
     def _read_ready(self) -> None:
+        # Completions first: EPOLLERR (a notification queued) lands here
+        # too, and on the stdlib loop it keeps landing here, every
+        # iteration, until the error queue is read.
+        if self._zc.pending:
+            self._reap_sends()
         if self._closing:
             return
         if self._kind == _VIEWS:
@@ -249,6 +303,12 @@ class ZCTransport(asyncio.Transport):
         elif n == PUMP_STARVED:
             self._starved = True
             self._update_reader()
+            # A stream reader whose own queue holds the pooled memory (a
+            # frame bigger than max_pinned_bytes) copies it out, or it would
+            # wait forever for a release only it can make.
+            unpin = getattr(self._protocol, "_aiozc_unpin", None)
+            if unpin is not None:
+                unpin()
 
     # A stream reader that runs out of bytes would otherwise wait for the
     # loop: a future, a trip through epoll, _read_ready, then a task wake-up,
@@ -354,8 +414,16 @@ class ZCTransport(asyncio.Transport):
 
     def _on_memory_released(self) -> None:
         # Called by the engine when a view is released while it was starved
-        # (on_exhausted='pause'); views can be released in any thread.
-        self._loop.call_soon_threadsafe(self._resume_after_starving)
+        # (on_exhausted='pause'); views can be released in any thread, and
+        # after the loop has closed (an application that ended with the
+        # connection open and its views alive): then nobody is left to
+        # resume, and call_soon_threadsafe would raise.
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._resume_after_starving)
+        except RuntimeError:  # closed in another thread since the check
+            pass
 
     def _resume_after_starving(self) -> None:
         if self._starved:
@@ -363,15 +431,43 @@ class ZCTransport(asyncio.Transport):
             self._update_reader()
 
     # -- writing -------------------------------------------------------------
+    #
+    # A write goes one of two ways.  An immutable buffer (bytes, or a
+    # read-only view aiozc handed out) of send_zerocopy_threshold bytes or
+    # more goes zerocopy: ZeroCopySends sends it with MSG_ZEROCOPY and holds
+    # it until the kernel's completion, and what the socket does not take
+    # at once is queued as a view of it, not copied.  Anything else goes as
+    # asyncio's transports send it: what the socket does not take is copied
+    # into a bytearray at the queue's tail.  The kernel keeps the stream in
+    # the order of the sends, so the holds need no ordering of their own.
+    #
+    # Bytes still queued and bytes sent zerocopy but not yet completed are
+    # both "buffered": get_write_buffer_size() counts both, pause_writing()
+    # and resume_writing() follow both, and close() waits for both.  So
+    # drain() with a high-water mark of 0 returns only once the kernel has
+    # let go of every buffer, and the mark bounds the application memory
+    # the transport holds.  The cost: with the default 64 KiB mark, a
+    # writer that awaits drain() after each large zerocopy write waits for
+    # its completion, an ACK's round trip; raise the mark to about the
+    # bandwidth-delay product for throughput (docs/design.md).
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data``, buffering what the socket does not take at once."""
+        """Send ``data``, buffering what the socket does not take at once.
+
+        Large immutable buffers (``bytes``, read-only views from aiozc) go
+        out with ``MSG_ZEROCOPY`` per ``ZCConfig.send_zerocopy``; the
+        transport then holds a reference to ``data`` until the kernel has
+        sent it, so the caller may drop or ``release()`` its own view at
+        once.  Mutable buffers are copied, as on asyncio's transports.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
         if self._eof_written:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if isinstance(data, memoryview) and (data.ndim != 1 or data.itemsize != 1):
+            data = data.cast("B")
         if not data:
             return
         if self._conn_lost:
@@ -379,49 +475,194 @@ class ZCTransport(asyncio.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if not self._buffer:
+        view = self._zc.view_for(data)
+        n = 0
+        if not self._queue:
             try:
-                n = self._sock.send(data)
+                n = self._zc.send(view) if view is not None else self._send_copy(data)
             except (BlockingIOError, InterruptedError):
-                n = 0
+                pass
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal write error on aiozc transport")
                 return
             if n == len(data):
+                if view is not None:
+                    self._maybe_pause_protocol()
+                    self._update_reaper()
                 return
-            data = memoryview(data)[n:]
-            self._loop.add_writer(self._fd, self._write_ready)
-        self._buffer.extend(data)
+            self._set_writer(True)
+        if view is not None:
+            seg = view[n:] if n else view
+            self._queue.append(seg)
+            self._queued += len(seg)
+        else:
+            rest = memoryview(data)[n:] if n else data
+            tail = self._queue[-1] if self._queue else None
+            if type(tail) is bytearray:
+                tail.extend(rest)
+            else:
+                self._queue.append(bytearray(rest))
+            self._queued += len(rest)
+            self._zc.bytes_buffered += len(rest)
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        """Write each buffer in turn (joined into one send)."""
-        self.write(b"".join(list_of_data))
+        """Write the buffers in order: joined into one send, except that a
+        buffer that goes zerocopy is sent as itself, not copied into the join."""
+        zc = self._zc
+        if not zc.active:
+            self.write(b"".join(list_of_data))
+            return
+        small: list[bytes | bytearray | memoryview] = []
+        for data in list_of_data:
+            if zc.view_for(data) is None:
+                small.append(data)
+                continue
+            if small:
+                self.write(b"".join(small))
+                small.clear()
+            self.write(data)
+        if small:
+            self.write(b"".join(small))
+
+    def _send_copy(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._sock.send(data)
+        self._zc.bytes_copied += n
+        return n
 
     def _write_ready(self) -> None:
+        if self._zc.pending:
+            self._reap_sends()
         if self._conn_lost:
             return
+        queue = self._queue
+        zc = self._zc
+        sent = 0
         try:
-            n = self._sock.send(self._buffer)
+            while queue:
+                seg = queue[0]
+                if type(seg) is memoryview and zc.active:
+                    n = zc.send(seg)
+                else:
+                    n = self._send_copy(seg)
+                sent += n
+                if n == len(seg):
+                    queue.popleft()
+                    continue
+                if type(seg) is bytearray:
+                    del seg[:n]
+                else:
+                    queue[0] = seg[n:]
+                break
         except (BlockingIOError, InterruptedError):
-            return
+            pass
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.remove_writer(self._fd)
-            self._buffer.clear()
+            self._set_writer(False)
+            queue.clear()
+            self._queued = 0
             self._fatal_error(exc, "Fatal write error on aiozc transport")
             return
-        del self._buffer[:n]
+        self._queued -= sent
         self._maybe_resume_protocol()
-        if not self._buffer:
-            self._loop.remove_writer(self._fd)
+        if not queue:
+            self._set_writer(False)
             if self._closing:
-                self._call_connection_lost(None)
+                self._maybe_finish_close()
             elif self._eof_written:
                 self._shutdown_write()
+
+    def _set_writer(self, on: bool) -> None:
+        if on and not self._writer_on:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer_on = True
+        elif not on and self._writer_on:
+            self._loop.remove_writer(self._fd)
+            self._writer_on = False
+            self._update_reaper()
+
+    # -- reaping completions -----------------------------------------------
+    #
+    # A completion is a message on the socket's error queue, and the kernel
+    # announces it as EPOLLERR, which epoll reports whatever events the fd
+    # was registered for.  What the loops make of it (checked on both, and
+    # pinned down by tests/test_send.py::TestLoopWakeups):
+    #
+    # * stdlib selector loop: EPOLLERR sets both EVENT_READ and
+    #   EVENT_WRITE, so whichever of _read_ready and _write_ready is
+    #   registered runs, and, the selector being level-triggered, keeps
+    #   running every iteration until the error queue is read.  Both reap
+    #   first thing (reading it is also what stops that spin).
+    # * uvloop: libuv treats POLLERR on a uv_poll handle as fatal: it stops
+    #   the handle and reports UV_EBADF, on which uvloop runs the reader and
+    #   the writer callback once each and then closes the handle.  The fd is
+    #   silently no longer watched, and a later add_reader() on it raises
+    #   RuntimeError (the closed handle stays in the loop's table).  So on
+    #   any loop but the stdlib's, every reap that read a notification is
+    #   followed by _rearm(): remove_reader() and remove_writer() (which
+    #   also drop a closed handle), then add back whatever this transport
+    #   has registered.  Doing it inside the callback is safe: uvloop
+    #   checks the handles again after each callback it runs.
+    # * Neither fires when the fd is not registered at all (reading paused
+    #   or at EOF, nothing queued, closing); add_writer() cannot stand in,
+    #   since a writable socket would make it fire every iteration on the
+    #   stdlib loop.  Then a timer reaps (_reap_poll).
+    #
+    # The receive path is untouched apart from the reap in front of it: a
+    # connection with nothing outstanding pays one attribute test per
+    # callback, and a wake-up that was only for a completion costs the
+    # engine one receive call that finds nothing.
+
+    def _reap_sends(self) -> None:
+        zc = self._zc
+        if not zc.reap():
+            return
+        self._rearm()
+        self._maybe_resume_protocol()
+        if not zc.pending:
+            if self._lingering:
+                self._close_socket()
+            elif self._closing and not self._queue:
+                self._maybe_finish_close()
+
+    def _rearm(self) -> None:
+        if not self._rearm_on_errqueue or self._sock.fileno() < 0:
+            return
+        loop, fd = self._loop, self._fd
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        if self._reader_on:
+            loop.add_reader(fd, self._read_ready)
+        if self._writer_on:
+            loop.add_writer(fd, self._write_ready)
+
+    def _update_reaper(self) -> None:
+        if (self._zc.pending and self._reap_timer is None
+                and not self._reader_on and not self._writer_on):
+            self._reap_delay = _REAP_POLL_FIRST
+            self._reap_timer = self._loop.call_later(self._reap_delay, self._reap_poll)
+
+    def _reap_poll(self) -> None:
+        self._reap_timer = None
+        if self._sock.fileno() < 0:
+            return
+        before = self._zc.pending
+        self._reap_sends()
+        if not self._zc.pending or self._reader_on or self._writer_on:
+            return
+        if self._lingering and self._loop.time() >= self._linger_deadline:
+            self._linger_expired()
+            return
+        if self._zc.pending < before:
+            self._reap_delay = _REAP_POLL_FIRST
+        else:
+            self._reap_delay = min(self._reap_delay * 2, _REAP_POLL_MAX)
+        self._reap_timer = self._loop.call_later(self._reap_delay, self._reap_poll)
+
+    # -- write-side state ------------------------------------------------------
 
     def can_write_eof(self) -> bool:
         """True: TCP can half-close."""
@@ -432,7 +673,7 @@ class ZCTransport(asyncio.Transport):
         if self._closing or self._eof_written:
             return
         self._eof_written = True
-        if not self._buffer:
+        if not self._queue:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
@@ -442,15 +683,21 @@ class ZCTransport(asyncio.Transport):
             pass
 
     def get_write_buffer_size(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return len(self._buffer)
+        """Bytes written and not yet released: queued for the socket, or
+        sent with ``MSG_ZEROCOPY`` and not yet completed by the kernel."""
+        return self._queued + self._zc.pending_bytes
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         """The (low, high) water marks of write flow control."""
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """Set the water marks, as asyncio does (defaults 64 KiB and high/4)."""
+        """Set the water marks, as asyncio does (defaults 64 KiB and high/4).
+
+        Zerocopy sends count until their completion, so a writer of large
+        immutable buffers wants a high-water mark near the connection's
+        bandwidth-delay product.
+        """
         if high is None:
             high = _HIGH_WATER if low is None else 4 * low
         if low is None:
@@ -462,7 +709,7 @@ class ZCTransport(asyncio.Transport):
         self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self) -> None:
-        if len(self._buffer) <= self._high_water or self._writing_paused:
+        if self.get_write_buffer_size() <= self._high_water or self._writing_paused:
             return
         self._writing_paused = True
         try:
@@ -476,7 +723,7 @@ class ZCTransport(asyncio.Transport):
             })
 
     def _maybe_resume_protocol(self) -> None:
-        if self._writing_paused and len(self._buffer) <= self._low_water:
+        if self._writing_paused and self.get_write_buffer_size() <= self._low_water:
             self._writing_paused = False
             try:
                 self._protocol.resume_writing()
@@ -491,17 +738,37 @@ class ZCTransport(asyncio.Transport):
     # -- closing -------------------------------------------------------------
 
     def close(self) -> None:
-        """Close after the buffered data is sent; views already given stay valid."""
+        """Close once the buffered data is sent and every zerocopy send has
+        completed; views already given stay valid."""
         if self._closing:
             return
         self._closing = True
         self._update_reader()
-        if not self._buffer:
+        if not self._queue:
+            if self._zc.pending:
+                self._reap_sends()
+            if self._zc.pending:
+                self._update_reaper()  # the last completion finishes the close
+                return
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
+    def _maybe_finish_close(self) -> None:
+        # close() was called and the queue is empty: finish once the last
+        # zerocopy send has completed.
+        if self._conn_lost or self._queue or self._zc.pending:
+            return
+        self._conn_lost += 1
+        self._call_connection_lost(None)
+
     def abort(self) -> None:
-        """Close at once, dropping buffered data."""
+        """Close at once, dropping buffered data.
+
+        Zerocopy sends the kernel already took still go out, as a plain
+        send's bytes would after ``close()`` of the socket: the socket is
+        shut down but kept open until their completions arrive (for at most
+        a minute, then it is reset), and their buffers are held until then.
+        """
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
@@ -518,9 +785,10 @@ class ZCTransport(asyncio.Transport):
     def _force_close(self, exc: BaseException | None) -> None:
         if self._conn_lost:
             return
-        if self._buffer:
-            self._buffer.clear()
-            self._loop.remove_writer(self._fd)
+        if self._queue:
+            self._queue.clear()  # never handed to the kernel: no hold to wait for
+            self._queued = 0
+            self._set_writer(False)
         if not self._closing:
             self._closing = True
             self._update_reader()
@@ -528,23 +796,73 @@ class ZCTransport(asyncio.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             self._rx.on_release = None
             self._rx.close()
-            if self._rx.holds_socket:
-                # Views still hold the window, and the mapping holds the
-                # socket's file open: close() alone would leave the
-                # connection up until the last view is released.
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._sock.close()
+            if self._zc.pending:
+                self._reap_sends()
+            if self._zc.pending:
+                self._linger()
+            else:
+                self._close_socket()
             server, self._server = self._server, None
             if server is not None:
                 server._detach(self)
+
+    def _linger(self) -> None:
+        # abort() or a fatal error with zerocopy sends the kernel has not
+        # completed: their pages may still be read (on loopback, at the
+        # peer's next read).  Releasing their buffers now could put other
+        # bytes on the wire, and closing the fd would leave no way to learn
+        # when it is safe.  So shut the socket down (the peer sees the FIN
+        # after the data, as after a plain close()) and keep the fd, and the
+        # buffers, until the completions arrive or _LINGER_TIMEOUT passes.
+        self._lingering = True
+        self._linger_deadline = self._loop.time() + _LINGER_TIMEOUT
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._update_reaper()
+
+    def _linger_expired(self) -> None:
+        # The peer took no data for a minute.  A reset (SO_LINGER 0, then
+        # close) makes the kernel drop its write queue, the skbs that
+        # reference the pages, before close() returns; then the holds go.
+        # (A copy of a segment already handed to a device queue can outlive
+        # that by the time the device takes to send it.)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_timer = None
+        self._lingering = False
+        if self._rx.holds_socket:
+            # Views still hold the window, and the mapping holds the
+            # socket's file open: close() alone would leave the
+            # connection up until the last view is released.
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._sock.close()
+        # Nothing can complete once the fd is gone: whatever is still held
+        # is released here (nothing, unless the linger expired).
+        self._zc.release_all()
+
+
+# struct linger {int l_onoff; int l_linger;}: on, 0 seconds: close() resets.
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:
