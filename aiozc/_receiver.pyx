@@ -20,6 +20,7 @@ freed only when the receiver and every unreleased chunk have let go of it.
 """
 
 cimport cython
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_SetFromErrno
@@ -105,6 +106,7 @@ cdef enum:
 # handle, a Python frame) over ~1 MiB without hurting fairness measurably.
 cdef enum:
     PUMP_BUDGET = 1048576
+cdef Py_ssize_t PUMP_UNBOUNDED = PY_SSIZE_T_MAX
 
 # 'auto' maps only when mapping measured at least this much cheaper than
 # copying.  The mapping probe charges each mapped page its first read (see
@@ -577,6 +579,8 @@ cdef class Receiver:
     cdef list pending
     cdef aiozc_zc_receive zc
     cdef bint _drained
+    cdef bint _last_recv      # the last receive was a recv(), not a mapping call
+    cdef int deferred_err     # a socket error to raise once the queue is drained
     # an open gather(): frame buffer index (-1: none), bytes in it, frame size
     cdef int gidx
     cdef size_t gfill
@@ -859,7 +863,15 @@ cdef class Receiver:
         cdef Py_ssize_t budget = want if 0 < want < PUMP_BUDGET else PUMP_BUDGET
         if self.pending and not self.deliver_pending():
             return 0
-        while total < budget and not self.paused:
+        while not self.paused:
+            if total >= budget:
+                # On uvloop a reader may never be called again after this
+                # one (below): if the peer reset the connection, read on up
+                # to the error now.  A stream reader (want > 0) comes back
+                # by itself for the rest.
+                if want or not self.check_error_when_drained or not self._error_pending():
+                    break
+                budget = PUMP_UNBOUNDED
             if self.gidx >= 0:
                 n = self._gather_round()
             elif self._mode == MODE_ZC:
@@ -867,20 +879,50 @@ cdef class Receiver:
             else:
                 n = self._copy_round(self.receive_size)
             if n < 0:
+                if n == _EOF and self.deferred_err:
+                    self._raise_deferred()
                 if n == _STARVED and total:
                     return total
                 return n
             if n == 0:
+                if self.deferred_err:
+                    self._raise_deferred()
                 break
             total += n
             if self._drained:
                 # The kernel said nothing is left (inq == 0, or recv()
                 # returned less than asked for): another call would only
                 # find the queue empty.
-                if self.check_error_when_drained and self._mode == MODE_COPY:
+                if self.deferred_err:
+                    self._raise_deferred()
+                if self.check_error_when_drained and self._last_recv:
                     self._raise_pending_error()
                 break
         return total
+
+    # A reset (or any socket error) with bytes still queued: recv() returns
+    # the bytes first and fails only once the queue is empty, but
+    # TCP_ZEROCOPY_RECEIVE reports the error (and clears it) in the first
+    # call after it happened, with inq saying how much is still queued.
+    # The engine keeps it and raises it once those bytes are delivered: the
+    # application gets every byte the kernel accepted before the error, as
+    # with recv(), and exactly one exception (with the error cleared, the
+    # drained socket would otherwise look like a clean EOF).
+    cdef int _raise_deferred(self) except -1:
+        cdef int err = self.deferred_err
+        self.deferred_err = 0
+        raise _oserror(err)
+
+    cdef bint _error_pending(self) except -1:
+        """True if a socket error waits behind queued bytes (now deferred)."""
+        cdef int err = 0
+        cdef socklen_t elen = sizeof(int)
+        if self.deferred_err:
+            return True
+        if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 and err:
+            self.deferred_err = err
+            return True
+        return False
 
     # uvloop (libuv) watches a descriptor once: when epoll reports EPOLLERR
     # (a reset), libuv stops the watcher and calls the reader one last time.
@@ -889,8 +931,9 @@ cdef class Receiver:
     # connection would hang instead of failing.  So on such loops, a copy
     # receive that drained the queue collects a pending socket error at
     # once (getsockopt(SO_ERROR), which also clears it) and raises it,
-    # after delivering the bytes.  TCP_ZEROCOPY_RECEIVE reports the error
-    # in the same call already.
+    # after delivering the bytes; and a pump that reaches its budget with
+    # bytes still queued checks SO_ERROR too (_error_pending), reading on to
+    # the error if there is one.  (A mapping call reports the error itself.)
     cdef int _raise_pending_error(self) except -1:
         cdef int err = 0
         cdef socklen_t elen = sizeof(int)
@@ -953,6 +996,7 @@ cdef class Receiver:
                 if rc == 0 or errno != EINTR:
                     break
         self.receive_calls += 1
+        self._last_recv = False
         if rc != 0:
             err = errno
             if err == EIO:
@@ -1002,16 +1046,26 @@ cdef class Receiver:
         elif copied:
             self.sink(pool.view(KIND_SLAB, sidx, cbuf, copied))
 
+        if self.zc.err:
+            # sock_error() reports a negative errno; the pending error is
+            # cleared by reading it, so it is raised exactly once: now if
+            # the queue is empty, else once it is (_raise_deferred).
+            err = -self.zc.err if self.zc.err < 0 else self.zc.err
+            if self.zc.inq == 0 and not skip:
+                raise _oserror(err)
+            self.deferred_err = err
         if skip and not self.paused:
             # Unmappable bytes the copy buffer could not take: recv exactly
             # those, so that the pages after them stay mappable.
             n = self._copy_round(skip)
             if n > 0:
                 got += n
-        if self.zc.err:
-            # sock_error() reports a negative errno; the pending error is
-            # cleared by reading it, so it is raised exactly once.
-            raise _oserror(-self.zc.err if self.zc.err < 0 else self.zc.err)
+            elif got == 0 and n < 0:
+                # _STARVED (every buffer held, on_exhausted='pause') or
+                # _EOF: pump() must hear it; 0 would say "nothing to read"
+                # on a readable socket, and the loop would call again at
+                # once, forever.
+                return n
         if timed and got:
             self._probe_sample(mapped, got, aiozc_thread_cpu_ns() - t0)
         elif self.policy == POLICY_AUTO:
@@ -1027,6 +1081,7 @@ cdef class Receiver:
                 if n >= 0 or errno != EINTR:
                     break
         self.receive_calls += 1
+        self._last_recv = True
         if n < 0:
             if errno == EAGAIN:  # EWOULDBLOCK is the same on Linux
                 return 0

@@ -77,6 +77,7 @@ class ZCStreamReader(asyncio.StreamReader):
     ) -> None:
         super().__init__(limit=limit, loop=loop)
         self._views = ViewBuffer()
+        self._compacted = 0  # bytes copied out of pooled memory by _unpin()
 
     def __repr__(self) -> str:
         info = ["ZCStreamReader", f"{len(self._views)} bytes"]
@@ -95,7 +96,9 @@ class ZCStreamReader(asyncio.StreamReader):
         stats = getattr(transport, "stats", None)
         if not isinstance(stats, ZCStats):
             return None
-        return dataclasses.replace(stats, bytes_assembled=self._views.bytes_assembled)
+        return dataclasses.replace(
+            stats, bytes_assembled=self._views.bytes_assembled + self._compacted
+        )
 
     # -- fed by the protocol -------------------------------------------------
 
@@ -117,6 +120,38 @@ class ZCStreamReader(asyncio.StreamReader):
                 self._transport = None
             else:
                 self._paused = True
+
+    def _unpin(self) -> None:
+        # The transport starved (on_exhausted='pause', every pooled buffer
+        # held by views).  If some of them are queued here, a reader waiting
+        # for a frame bigger than max_pinned_bytes would wait forever for a
+        # release only it can make: copy them out (each byte at most once:
+        # views over bytes stay as they are) so the memory can be recycled.
+        views = self._views
+        if not len(views):
+            return
+        parts: list[memoryview] = []
+        run: list[memoryview] = []
+        while len(views):
+            view = views.take(views.first_size)
+            if isinstance(view.obj, bytes):
+                if run:
+                    parts.append(self._copy_out(run))
+                parts.append(view)
+            else:
+                run.append(view)
+        if run:
+            parts.append(self._copy_out(run))
+        for part in parts:
+            views.append(part)
+
+    def _copy_out(self, run: list[memoryview]) -> memoryview:
+        data = b"".join(run)
+        for view in run:
+            view.release()
+        run.clear()
+        self._compacted += len(data)
+        return memoryview(data)
 
     def _maybe_resume_transport(self) -> None:
         if self._paused and len(self._views) <= max(self._limit, _PAUSE_FLOOR // 2):
@@ -303,6 +338,12 @@ class _ZCStreamReaderProtocol(ZCProtocol, asyncio.StreamReaderProtocol):
         reader = self._stream_reader  # type: ignore[attr-defined]
         if reader is not None:
             reader.feed_data(data)
+
+    def _aiozc_unpin(self) -> None:
+        # ZCTransport: every pooled buffer is held (on_exhausted='pause').
+        reader = self._stream_reader  # type: ignore[attr-defined]
+        if reader is not None:
+            reader._unpin()
 
 
 async def open_connection(

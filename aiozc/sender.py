@@ -104,7 +104,26 @@ class ZeroCopySender:
 
     def _reap(self, *, block: bool) -> None:
         if block:
-            select.select([], [], [self._sock], 1.0)
+            # Wait for a completion: POLLERR (select()'s except set would
+            # wait for POLLPRI, which never comes, for the whole timeout).
+            poller = select.poll()
+            poller.register(self._sock.fileno(), 0)  # POLLERR is always reported
+            poller.poll(1000)
+        # A socket with a timeout (settimeout(t), t > 0) makes Python poll
+        # for POLLIN before every recvmsg, whatever the flags say, so an
+        # empty error queue would block for the whole timeout.  Its file is
+        # already O_NONBLOCK in that mode, so timeout 0 for the reap changes
+        # nothing the kernel sees.
+        timeout = self._sock.gettimeout()
+        if timeout:
+            self._sock.settimeout(0.0)
+        try:
+            self._drain_errqueue()
+        finally:
+            if timeout:
+                self._sock.settimeout(timeout)
+
+    def _drain_errqueue(self) -> None:
         while True:
             try:
                 _, ancdata, _, _ = self._sock.recvmsg(
