@@ -114,6 +114,14 @@ class ZCTransport(asyncio.Transport):
         self._sock = sock
         self._fd = sock.fileno()
         sock.setblocking(False)
+        # As asyncio's and uvloop's TCP transports: no Nagle, so that a small
+        # write (an RPC reply) leaves at once instead of waiting for the ACK
+        # of what is in flight.
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self._config = config if config is not None else ZCConfig()
         self._rx = Receiver(self._fd, self._config, None)
         self._rx.on_release = self._on_memory_released

@@ -255,7 +255,7 @@ def targets(res: Results) -> list[tuple[str, bool, list[str]]]:
 
 def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[Job],
            skipped: list[str], plot_note: str, png_name: str, elapsed: float,
-           quick: bool, pinned: str) -> str:
+           quick: bool, pinned: str, send_md: str | None = None) -> str:
     """The markdown report."""
     w: list[str] = []
     w.append("# aiozc against the peers\n")
@@ -375,6 +375,16 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
                 _fmt([100 * x for x in res.field(s.name, c, "mapped_fraction")])
                 for c in cells])
         w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+    if send_md:
+        # The sender side (benchmarks/send.py), run in the same invocation:
+        # its tables, under one heading of this report.
+        w.append("## Sender side: zerocopy send and the proxy\n")
+        w.append("From `python -m benchmarks.send`, run right after the receivers "
+                 "(full report with its method: [send.md](send.md)). Sender "
+                 "process CPU per MB (10^6 bytes) sent or forwarded, median [min–max].\n")
+        body = send_md.split("## 1. Sending", 1)
+        if len(body) == 2:
+            w.append(("### 1. Sending" + body[1]).replace("\n## ", "\n### "))
     return "\n".join(w)
 
 
@@ -447,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--png", default=None, help="plot path")
     ap.add_argument("--json", default=None, help="raw results path")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--no-send", dest="send", action="store_false",
+                    help="skip the sender-side benchmark (benchmarks/send.py)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else REPEATS)
     scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
@@ -457,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     js = Path(args.json) if args.json else out_dir / "benchmarks.json"
 
     machine = machine_info()  # before pinning: nproc honours the affinity mask
+    allowed = os.sched_getaffinity(0)
     rx_cpu, snd_cpu = pin_cpus()
     pin(rx_cpu)
     pinned = (f"Receiver pinned to CPU {rx_cpu}, peer to CPU {snd_cpu}."
@@ -484,11 +497,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         progress.close()
         peer.close()
+    send_md = None
+    if args.send:
+        from . import send
+
+        send_path = md.parent / "send.md"
+        os.sched_setaffinity(0, allowed)  # send.py pins its own two processes
+        print("\n[benchmarks] sender side (benchmarks/send.py)", file=sys.stderr)
+        send.main(["--output", str(send_path), "--repeats", str(repeats),
+                   *(["--quick"] if args.quick else []), "--no-print"])
+        send_md = send_path.read_text()
     elapsed = time.monotonic() - t0
     res = Results(runs, receivers)
     plot_note = plot(res, png)
     text = report(res, machine, repeats, jobs, skipped, plot_note,
-                  os.path.relpath(png, md.parent), elapsed, args.quick, pinned)
+                  os.path.relpath(png, md.parent), elapsed, args.quick, pinned, send_md)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)
     js.parent.mkdir(parents=True, exist_ok=True)

@@ -112,9 +112,12 @@ def pin(cpu: int | None) -> None:
     """
     if cpu is None:
         return
+    # Unconditionally: a peer process inherits the receiver's pinning (one
+    # CPU, not its own), so "already restricted" says nothing here.  An
+    # earlier version skipped the call in that case, and every peer shared
+    # CPU 0 with the receiver it was measured against.
     try:
-        if len(os.sched_getaffinity(0)) >= 2 or cpu in os.sched_getaffinity(0):
-            os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, {cpu})
     except OSError:
         pass
 

@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="smoke run: 8 MiB per run, one size, one repeat")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--output", default=str(ROOT / "docs" / "send.md"))
+    ap.add_argument("--no-print", dest="print", action="store_false",
+                    help="write the report without printing it")
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (1 if args.quick else 5)
     total = (8 if args.quick else 256) * MiB
@@ -547,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
     text = report(results, args, total, time.monotonic() - started)
     Path(args.output).write_text(text)
-    print(text)
+    if args.print:
+        print(text)
     return 0
 
 
