@@ -43,13 +43,10 @@ asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +54,7 @@ from pathlib import Path
 
 from ._receivers import ReceiverSpec, all_receivers
 from ._runner import Progress, Run, available, run_matrix
+from ._machine import machine_info
 from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer, pin, pin_cpus
 
 KiB = 1024
@@ -101,28 +99,6 @@ def make_jobs(scale: float) -> list[Job]:
             jobs.append(Job("bulk", size, max(8, int(mib * MiB * scale) // size), zc))
         jobs.append(Job("rpc", RPC_REQUEST, max(4 * RPC_WINDOW, int(RPC_COUNT * scale)), zc))
     return jobs
-
-
-def machine_info() -> dict[str, str]:
-    """Kernel, CPU model, nproc, Python, date."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(os.cpu_count())
-    return {
-        "kernel": platform.release(), "machine": platform.machine(), "cpu": model,
-        "nproc": nproc, "python": platform.python_version(),
-        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-    }
 
 
 # ---------------------------------------------------------------------------

@@ -77,6 +77,7 @@ import uvloop
 import aiozc
 from aiozc.sender import ZeroCopySender
 
+from ._machine import machine_info
 from ._sender import pin, pin_cpus
 
 MiB = 1 << 20
@@ -454,14 +455,7 @@ def report(results: list[Result], args: argparse.Namespace, total: int, elapsed:
     by: dict[tuple[str, str, str, int], list[Result]] = {}
     for r in results:
         by.setdefault(r.cell.key, []).append(r)
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = machine_info()["cpu"]
     doc = (__doc__ or "").split("What runs", 1)[1].split("\n", 2)[2]
     out = [
         "# aiozc send path: sender CPU per MB",

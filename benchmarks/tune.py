@@ -40,18 +40,15 @@ write ``docs/tuning.md`` unless ``--output`` is given; a full run writes it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import re
 import multiprocessing
 import os
-import platform
 import random
 import resource
 import select
 import socket
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -65,6 +62,8 @@ from typing import Literal
 from aiozc._config import KiB, MiB, ZCConfig
 from aiozc._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from aiozc.sender import ZeroCopySender
+
+from ._machine import machine_info
 
 Policy = Literal["auto", "always", "never"]
 
@@ -375,23 +374,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(os.cpu_count())
-    return (f"- Kernel: `{platform.release()}` ({platform.machine()})\n"
-            f"- CPUs: {nproc} × {model}\n"
-            f"- Python: {platform.python_version()}\n"
-            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    m = machine_info()
+    return (f"- Kernel: `{m['kernel']}` ({m['machine']})\n"
+            f"- CPUs: {m['nproc']} × {m['cpu']}\n"
+            f"- Python: {m['python']}\n"
+            f"- Date: {m['date']}")
 
 
 @dataclass(frozen=True)
