@@ -108,6 +108,10 @@ cdef enum:
     PUMP_BUDGET = 1048576
 cdef Py_ssize_t PUMP_UNBOUNDED = PY_SSIZE_T_MAX
 
+# After a gathered frame, the next receive takes at most this much.
+cdef enum:
+    AFTER_GATHER_RECEIVE = 16384
+
 # 'auto' maps only when mapping measured at least this much cheaper than
 # copying.  The mapping probe charges each mapped page its first read (see
 # _zc_round), but some of mapping's cost still falls outside the clock: the
@@ -585,6 +589,7 @@ cdef class Receiver:
     cdef int gidx
     cdef size_t gfill
     cdef size_t gtotal
+    cdef bint after_gather    # the last receive completed a gathered frame
     # configuration
     cdef size_t receive_size
     cdef size_t copybuf_size
@@ -808,6 +813,7 @@ cdef class Receiver:
         cdef int idx = self.gidx
         cdef size_t fill = self.gfill
         self.gidx = -1
+        self.after_gather = fill == self.gtotal
         if fill:
             v = self.pool.view(KIND_FRAME, idx, self.pool.fbufs[idx], <Py_ssize_t>fill)
             self.pool.unhold_frame(idx)
@@ -860,6 +866,11 @@ cdef class Receiver:
         cdef Py_ssize_t n
         if self.fd < 0:
             raise RuntimeError("pump() called after close()")
+        if want > 0 and self.gidx >= 0:
+            # The reader waits for the frame it is gathering, whose head the
+            # engine already holds (the reader's own count says the whole
+            # frame): stop at its end, not a head's length into the next.
+            want = <Py_ssize_t>(self.gtotal - self.gfill)
         cdef Py_ssize_t budget = want if 0 < want < PUMP_BUDGET else PUMP_BUDGET
         if self.pending and not self.deliver_pending():
             return 0
@@ -876,6 +887,13 @@ cdef class Receiver:
                 n = self._gather_round()
             elif self._mode == MODE_ZC:
                 n = self._zc_round()
+            elif self.after_gather:
+                # The next frame is probably big too, and its reader will
+                # gather it: whatever this receive brings of it (its head)
+                # is copied once more into the gather buffer.  A small
+                # receive brings the header and little else.
+                self.after_gather = False
+                n = self._copy_round(AFTER_GATHER_RECEIVE)
             else:
                 n = self._copy_round(self.receive_size)
             if n < 0:

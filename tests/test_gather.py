@@ -122,6 +122,49 @@ class TestStreams:
         # KiB) are copied, where assembling them copied every byte.
         assert assembled <= 4 * 256 * KiB + 64 * KiB, (assembled, big)
 
+    def test_consecutive_big_frames_copy_small_heads_and_never_pause(self, run: Run) -> None:
+        # After a gathered frame the engine receives a small piece first
+        # (the next header and little else), and a reader waiting for a
+        # gathered frame reads no further than its end: the head copied into
+        # each next gather buffer stays small, and the queue never grows past
+        # the reader's pause mark (a frame plus a head did, pausing and
+        # resuming the transport on every frame).
+        count, size = 24, 1 * MiB
+        data, bodies = framed([size] * count, seed=11)
+        peer = Peer(data, zerocopy=False)
+
+        async def main() -> tuple[list[str], int, int]:
+            peer.start()
+            reader, writer = await aiozc.open_connection("127.0.0.1", peer.port, config=COPY)
+            transport = writer.transport
+            pauses = 0
+            pause = transport.pause_reading
+
+            def counting_pause() -> None:
+                nonlocal pauses
+                pauses += 1
+                pause()
+
+            transport.pause_reading = counting_pause  # type: ignore[method-assign]
+            got = []
+            for _ in range(count):
+                n = int.from_bytes(await reader.readexactly(4), "big")
+                with await reader.readexactly_view(n) as view:
+                    got.append(sha(view))
+            stats = reader.stats
+            assert stats is not None
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.get_running_loop().run_in_executor(None, peer.join)
+            return got, stats.bytes_assembled, pauses
+
+        got, assembled, pauses = run(main())
+        assert got == [sha(b) for b in bodies]
+        # The first frame's head may be a whole receive (256 KiB); every
+        # later one at most the 16 KiB receive that follows a gather.
+        assert assembled <= 256 * KiB + (count - 1) * 16 * KiB, assembled
+        assert pauses == 0
+
     def test_eof_in_the_middle_of_a_gathered_frame(self, run: Run) -> None:
         body = payload(2 * MiB, seed=3)
         peer = _Staged([(3 * MiB).to_bytes(4, "big") + body])
