@@ -893,7 +893,7 @@ cdef class Receiver:
                 # is copied once more into the gather buffer.  A small
                 # receive brings the header and little else.
                 self.after_gather = False
-                n = self._copy_round(AFTER_GATHER_RECEIVE)
+                n = self._copy_round(min(<size_t>AFTER_GATHER_RECEIVE, self.receive_size))
             else:
                 n = self._copy_round(self.receive_size)
             if n < 0:

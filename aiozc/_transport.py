@@ -186,14 +186,15 @@ class ZCTransport(asyncio.Transport):
         """A snapshot of this connection's receive and send statistics."""
         stats: ZCStats = self._rx.stats()
         zc = self._zc
+        receive: dict[str, Any] = {}
         if self._kind != _VIEWS:
-            stats = dataclasses.replace(
-                stats,
-                mode="copy",
-                fallback_reason="the protocol is not a ZCProtocol, so it is given copies",
-            )
+            receive = {
+                "mode": "copy",
+                "fallback_reason": "the protocol is not a ZCProtocol, so it is given copies",
+            }
         return dataclasses.replace(
             stats,
+            **receive,
             bytes_sent_zerocopy=zc.bytes_zerocopy,
             bytes_sent_copied=zc.bytes_copied,
             bytes_write_buffered=zc.bytes_buffered,

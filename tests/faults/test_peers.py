@@ -202,7 +202,7 @@ class TestReset:
             send_stream(conn, 13, total)
             reset(conn)
 
-        async def main() -> Verifier:
+        async def main() -> tuple[Verifier, aiozc.ZCStats]:
             peer = PeerThread(link, serve).start()
             transport, proto = await open_verifier(link, peer, 13)
             try:
@@ -215,11 +215,14 @@ class TestReset:
                 await until_lost(proto)
             finally:
                 transport.abort()
-            return proto
+            return proto, transport.stats
 
-        proto = run(main())
+        proto, stats = run(main())
         proto.checker.check(total)
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
+        # The error came with the first mapping call while bytes were still
+        # queued (deferred until they were delivered, Receiver.deferred_err).
+        assert_mapped(link, stats)
         tally.verified(total, faults=1)
 
 
