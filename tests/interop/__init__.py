@@ -1,0 +1,1 @@
+"""Interoperability: aiozc reading from servers and clients it did not write."""
