@@ -39,7 +39,7 @@ from aiozc.anyio import (
     create_tcp_listener,
 )
 
-from conftest import Peer, count_socket_maps, payload, sha
+from conftest import Peer, count_socket_maps, payload, sha, wait_acked
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +85,9 @@ async def join(peer: Peer) -> None:
 
 async def connect(peer: Peer, config: ZCConfig | None = None) -> ZCSocketStream:
     peer.start()
-    return await connect_tcp("127.0.0.1", peer.port, config=config)
+    stream = await connect_tcp("127.0.0.1", peer.port, config=config)
+    peer.connected.set()
+    return stream
 
 
 async def drain(stream: ZCSocketStream, *, hold: bool = False) -> tuple[str, int, list[memoryview]]:
@@ -242,7 +244,7 @@ class TestFraming:
     async def test_frame_inside_one_view_is_a_slice(self) -> None:
         async with raw_pair(ZCConfig(zerocopy="never")) as (stream, peer):
             peer.sendall(b"abcdefgh")
-            await anyio.sleep(0.05)  # all 8 bytes arrive before the first receive
+            wait_acked(peer)  # all 8 bytes arrive before the first receive
             a = await stream.receive_exactly_view(3)
             b = await stream.receive_exactly_view(5)
             assert (bytes(a), bytes(b)) == (b"abc", b"defgh")
@@ -251,10 +253,10 @@ class TestFraming:
             # A frame that spans two receives which landed back to back in
             # one pooled buffer is one view over both: no copy either.
             peer.sendall(b"12")
-            await anyio.sleep(0.05)
+            wait_acked(peer)
             assert bytes(await stream.receive_exactly_view(1)) == b"1"  # "2" stays queued
             peer.sendall(b"345")
-            await anyio.sleep(0.05)
+            wait_acked(peer)
             c = await stream.receive_exactly_view(4)
             assert bytes(c) == b"2345" and stream.bytes_assembled == 0
             assert c.readonly and type(c.obj).__name__ == "_Chunk"

@@ -43,10 +43,17 @@ def framed(sizes: list[int], seed: int = 7) -> tuple[bytes, list[bytes]]:
 
 class _Staged:
     """A peer in a thread that sends ``parts`` one at a time, each after
-    ``step`` is set (the first at once), then finishes with FIN or RST."""
+    ``step`` is set (the first at once), then finishes with FIN or RST.
 
-    def __init__(self, parts: list[bytes], finish: str = "shutdown") -> None:
-        self.parts, self.finish = parts, finish
+    With ``finish_on_step`` it finishes only once ``step`` is set again:
+    a reset must not race the client's connect (the listener's backlog
+    completes the handshake before the client's loop has seen it, and a
+    client starved of CPU then finds ECONNRESET in the connect itself).
+    """
+
+    def __init__(self, parts: list[bytes], finish: str = "shutdown",
+                 finish_on_step: bool = False) -> None:
+        self.parts, self.finish, self.finish_on_step = parts, finish, finish_on_step
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.step = threading.Event()
         self.error: BaseException | None = None
@@ -67,6 +74,8 @@ class _Staged:
                         assert self.step.wait(30), "test never asked for the next part"
                         self.step.clear()
                     conn.sendall(part)
+                if self.finish_on_step:
+                    assert self.step.wait(30), "test never asked for the finish"
                 if self.finish == "reset":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                     return
@@ -183,13 +192,27 @@ class TestStreams:
         assert sha(run(main())) == sha(body)
 
     def test_reset_in_the_middle_of_a_gathered_frame(self, run: Run) -> None:
-        peer = _Staged([(3 * MiB).to_bytes(4, "big") + payload(MiB)], finish="reset")
+        # The peer resets only when told: once the client is connected and
+        # has received all it sent, so the reset always lands while the
+        # 3 MiB frame is being gathered (1 MiB of it in), never in the
+        # connect (where a loaded machine could put it before).
+        peer = _Staged([(3 * MiB).to_bytes(4, "big") + payload(MiB)], finish="reset",
+                       finish_on_step=True)
 
         async def main() -> None:
             reader, writer = await aiozc.open_connection("127.0.0.1", peer.port, config=COPY)
             n = int.from_bytes(await reader.readexactly(4), "big")
+            frame = asyncio.ensure_future(reader.readexactly_view(n))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while (stats := reader.stats) is None or stats.bytes_received < 4 + MiB:
+                assert loop.time() < deadline, f"the peer's 1 MiB never arrived: {stats}"
+                assert not frame.done(), frame
+                await asyncio.sleep(0.005)
+            assert not frame.done(), frame  # 1 MiB of 3: the gather waits for more
+            peer.step.set()
             with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
-                await reader.readexactly_view(n)
+                await frame
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

@@ -44,6 +44,7 @@ async def with_reader(peer: Peer, body: Callable[[Reader], Awaitable[Any]],
     """Connect to ``peer`` with aiozc streams and run ``body`` on the reader."""
     peer.start()
     reader, writer = await aiozc.open_connection("127.0.0.1", peer.port, config=config)
+    peer.connected.set()
     try:
         return await body(reader)
     finally:

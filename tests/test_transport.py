@@ -355,6 +355,7 @@ class TestFaults:
             peer = Peer(data, finish="reset").start()
             transport, proto = await aiozc.create_connection(
                 Collector, "127.0.0.1", peer.port, config=ZCConfig(zerocopy="always"))
+            peer.connected.set()
             await proto.lost
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             assert isinstance(proto, Collector)

@@ -138,17 +138,31 @@ async def test_vanished_peer(veth_link: Link, tally: Tally) -> None:
     try:
         async with await open_stream(link, peer.port) as stream:
             async with anyio.create_task_group() as tg:
+                done = anyio.Event()
+
                 async def wait_and_cut() -> None:
                     await anyio.to_thread.run_sync(peer.wait_for, "done")
+                    done.set()  # every byte is in our socket: none will follow
                     await anyio.to_thread.run_sync(link_down, link)
                     await anyio.to_thread.run_sync(peer.kill)
 
                 tg.start_soon(wait_and_cut)
-                with pytest.raises(TimeoutError):
-                    await drain(stream, checker, stall=0.5)
+                # The application's own timeout: 0.5 s of silence, counted
+                # once the peer has sent everything (before that, a loaded
+                # machine may keep the peer's process off the CPU as long).
+                while True:
+                    with anyio.move_on_after(0.5) as silence:
+                        view = await stream.receive_view(1 << 20)
+                        checker.feed(view)
+                        view.release()
+                    if silence.cancelled_caught and done.is_set():
+                        break
             await stream.send(b"are you there?")
             started = time.monotonic()
-        assert time.monotonic() - started < 1
+        # A close that waited on the vanished peer would take TCP's
+        # retransmission timeouts (minutes): seconds of slack for a loaded
+        # machine still tell the two apart.
+        assert time.monotonic() - started < 5
     finally:
         await anyio.to_thread.run_sync(peer.kill)
         await anyio.to_thread.run_sync(link_up, link)

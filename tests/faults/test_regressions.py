@@ -88,6 +88,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol
 from aiozc.anyio import ZCSocketStream
 from aiozc.sender import ZeroCopySender
+from conftest import wait_acked
 
 QUEUED = 100_000  # more than one receive takes with the default config
 PAUSE = ZCConfig(zerocopy="always", window_size=1 << 20, region_size=128 * 1024,
@@ -101,13 +102,31 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def _reset_after_queueing(theirs: socket.socket) -> None:
-    """Send QUEUED bytes, wait until they sit in our socket, then RST."""
+def _reset_after_queueing(theirs: socket.socket, ours: socket.socket) -> None:
+    """Send QUEUED bytes, wait until they sit in our socket, then RST, and
+    wait until our socket has seen it (bytes queued behind a reset).
+
+    Waited for in the kernel, not slept for: on a loaded machine loopback's
+    delivery (softirq work, left to ksoftirqd) can take longer than any
+    sleep, and an RST sent with bytes unacked discards them.
+    """
     theirs.sendall(b"x" * QUEUED)
-    time.sleep(0.05)
+    wait_acked(theirs)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     theirs.close()
-    time.sleep(0.05)
+    wait_tcp_closed(ours)
+
+
+def wait_tcp_closed(sock: socket.socket, timeout: float = 30.0) -> None:
+    """Wait until ``sock`` is in TCP_CLOSE (it received the RST), without
+    reading SO_ERROR (which would clear the error the receiver must see)."""
+    deadline = time.monotonic() + timeout
+    while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_CLOSE:
+        assert time.monotonic() < deadline, "the RST never arrived"
+        time.sleep(0.001)
+
+
+_TCP_CLOSE = 7
 
 
 class Counter(ZCProtocol):
@@ -133,7 +152,8 @@ def test_bytes_queued_before_a_reset_are_delivered(run: Any, policy: str) -> Non
             Counter, sock=ours, config=ZCConfig(zerocopy=policy))  # type: ignore[arg-type]
         assert isinstance(proto, Counter)
         transport.pause_reading()
-        await asyncio.get_running_loop().run_in_executor(None, _reset_after_queueing, theirs)
+        await asyncio.get_running_loop().run_in_executor(None, _reset_after_queueing, theirs,
+                                                         ours)
         transport.resume_reading()
         await proto.lost
         return proto
@@ -154,7 +174,7 @@ def test_bytes_queued_before_a_reset_are_delivered(run: Any, policy: str) -> Non
 async def test_anyio_bytes_queued_before_a_reset_are_delivered(policy: str) -> None:
     ours, theirs = _pair()
     async with ZCSocketStream(ours, config=ZCConfig(zerocopy=policy)) as stream:  # type: ignore[arg-type]
-        await anyio.to_thread.run_sync(_reset_after_queueing, theirs)
+        await anyio.to_thread.run_sync(_reset_after_queueing, theirs, ours)
         received = 0
         with pytest.raises(anyio.BrokenResourceError):
             while True:
@@ -191,6 +211,17 @@ class Sending:
         self.theirs.close()
 
 
+async def _until_starved(transport: aiozc.ZCTransport, timeout: float = 30.0) -> None:
+    """Wait until a receive found every buffer pinned (``on_exhausted='pause'``:
+    the transport starves from then on).  Polled rather than slept for: how
+    long the peer takes to fill the bound depends on the CPU it gets."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while transport.stats.exhausted_receives == 0:
+        assert loop.time() < deadline, f"never starved: {transport.stats}"
+        await asyncio.sleep(0.005)
+
+
 def test_pause_policy_pauses_instead_of_spinning(run: Any) -> None:
     """Views held past max_pinned_bytes, with bytes the kernel cannot map:
     reading must pause (a few receive calls), not spin."""
@@ -214,7 +245,7 @@ def test_pause_policy_pauses_instead_of_spinning(run: Any) -> None:
         transport, proto = await aiozc.create_connection(Hoarder, sock=ours, config=PAUSE)
         assert isinstance(proto, Hoarder) and isinstance(transport, aiozc.ZCTransport)
         try:
-            await asyncio.sleep(0.5)  # long enough to fill the bound and pause
+            await _until_starved(transport)  # the bound is full: reading pauses
             calls = transport.stats.receive_calls
             await asyncio.sleep(0.5)  # paused: no receive at all meanwhile
             idle_calls = transport.stats.receive_calls - calls
@@ -282,7 +313,8 @@ def test_release_after_the_loop_closed_under_a_starved_transport(loop_name: str)
                 views.append(data)
 
         transport, _ = await aiozc.create_connection(Keeper, sock=ours, config=PAUSE)
-        await asyncio.sleep(0.3)  # the pinned bound is reached: starved
+        assert isinstance(transport, aiozc.ZCTransport)
+        await _until_starved(transport)  # the pinned bound is reached
         return transport, views, sending
 
     hook = sys.unraisablehook
@@ -322,10 +354,10 @@ def test_reset_behind_more_than_a_pump_budget(run: Any, policy: str) -> None:
         transport.pause_reading()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, theirs.sendall, b"r" * size)
-        await asyncio.sleep(0.05)
+        await loop.run_in_executor(None, wait_acked, theirs)  # all 3 MiB in our socket
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         theirs.close()
-        await asyncio.sleep(0.05)
+        await loop.run_in_executor(None, wait_tcp_closed, ours)  # ... and the RST behind them
         transport.resume_reading()
         try:
             await asyncio.wait_for(asyncio.shield(proto.lost), 5)
@@ -365,4 +397,6 @@ def test_zerocopy_sender_on_a_socket_with_a_timeout() -> None:
         reader.join(10)
         theirs.close()
     assert got == [1 << 20]
-    assert elapsed < 1.0, f"1 MiB took {elapsed:.1f}s (the socket's timeout is 2 s)"
+    # The bug waited out the socket's whole timeout (2 s) in a reap; 1 MiB
+    # over loopback takes milliseconds, even on a loaded machine.
+    assert elapsed < 2.0, f"1 MiB took {elapsed:.1f}s (the socket's timeout is 2 s)"
