@@ -25,9 +25,19 @@ few milliseconds at random; the stream readers cut random-sized frames
 Every second it samples the live connections, RSS, the memory views pin
 (``ZCStats.bytes_pinned`` summed), open fds and mappings.  At the end it
 reports throughput, the peaks, the figures at the start (after a warm-up)
-and at the end (everything closed), and checks that nothing grew without
-bound: exit status 0 only if every session verified and every figure came
-back.  ``--json PATH`` writes the report as JSON.
+and at the end (everything closed), and judges two kinds of things:
+
+* checks, which hold however loaded the machine is: every session
+  verified, no unexpected error, fds back to the start exactly, no socket
+  mapping left, no other mapping left beyond glibc's arena heaps;
+* trends, which are measurements: RSS, fds and mappings flat over the
+  steady state, RSS back near the start after ``malloc_trim``.  They are
+  judged only in a full run (not ``--quick``): in 10 s, or on a busy
+  machine where the receiver lags its peers and holds more, the "steady
+  state" is still a ramp.  Run the full soak on a quiet machine for them.
+
+Exit status 0 only if every check passed and, in a full run, every trend.
+``--json PATH`` writes the report as JSON.
 """
 
 from __future__ import annotations
@@ -742,12 +752,16 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "samples": samples,
     }
     report["checks"] = checks(report)
-    report["ok"] = all(report["checks"].values())
+    report["trends"] = trends(report)
+    report["trends_judged"] = not args.quick
+    report["ok"] = all(report["checks"].values()) and (
+        not report["trends_judged"] or all(report["trends"].values()))
     return report
 
 
 def checks(r: dict[str, Any]) -> dict[str, bool]:
-    start, end, growth = r["start"], r["end"], r["growth"]
+    """What must hold however loaded the machine: exact counts and end states."""
+    start, end = r["start"], r["end"]
     return {
         "every session verified (no mismatch)": not r["mismatches"] and r["sessions_verified"] > 0,
         "no unexpected error at either end": not r["peer_errors"] and not r["receiver_errors"],
@@ -757,6 +771,21 @@ def checks(r: dict[str, Any]) -> dict[str, bool]:
         "mappings back to the start (+16), apart from glibc's arena heaps":
             sum(n for kind, n in r["new_mappings_at_end"].items() if kind.startswith("other"))
             <= 16,
+    }
+
+
+def trends(r: dict[str, Any]) -> dict[str, bool]:
+    """Measurements over time: judged in a full run only (see the docstring).
+
+    How much the receiver holds (socket buffers copied into pooled buffers,
+    views, glibc's arenas grown to the peak) depends on how far it lags its
+    peers, so on the CPU it gets: a 10 s run on a busy machine (load 4 on
+    2 CPUs) saw RSS medians of 199 MB in the first third of its "steady
+    state" and 295 MB in the last, a ramp that only a longer run tells from
+    a leak; the fd and mapping counts follow the connections in flight.
+    """
+    start, end, growth = r["start"], r["end"], r["growth"]
+    return {
         "RSS at the end (after malloc_trim) within start + 64 MiB":
             end["rss_after_malloc_trim"] <= start["rss"] + 64 * MiB,
         "RSS flat in the steady state (late <= early x1.25 + 32 MiB)":
@@ -802,6 +831,14 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"  errors: peers {r['peer_errors']}, receiver {r['receiver_errors']}")
     for name, ok in r["checks"].items():
         print(f"  [{'ok' if ok else 'FAILED'}] {name}")
+    if r["trends_judged"]:
+        print("  trends:")
+    else:
+        print("  trends (not judged: a --quick run is too short for a steady state, "
+              "and load inflates them; run the full soak on a quiet machine):")
+    for name, ok in r["trends"].items():
+        mark = "ok" if ok else "FAILED" if r["trends_judged"] else "grew"
+        print(f"  [{mark}] {name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import run_module
 
 
 @pytest.mark.timeout(180)
 def test_quick_benchmark_writes_report(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--no-progress",
-         "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
-    )
+    proc = run_module(["benchmarks", "--quick", "--no-progress", "--output-dir", str(tmp_path)],
+                      timeout=150)
     assert proc.returncode == 0, proc.stderr[-4000:]
     md = (tmp_path / "benchmarks.md").read_text()
     data = json.loads((tmp_path / "benchmarks.json").read_text())

@@ -38,7 +38,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._zerocopy_send import immutable_view
 
-from conftest import Peer, Run, count_fds, payload, sha
+from conftest import Peer, Run, count_fds, payload, run_module, sha
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -1007,10 +1007,7 @@ class TestBenchmarks:
     @pytest.mark.timeout(60)
     def test_send_quick(self, tmp_path: Path) -> None:
         out = tmp_path / "send.md"
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.send", "--quick", "--output", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=45,
-        )
+        proc = run_module(["benchmarks.send", "--quick", "--output", str(out)], timeout=45)
         assert proc.returncode == 0, proc.stderr[-4000:]
         md = out.read_text()
         for loop in ("asyncio", "uvloop"):
@@ -1023,10 +1020,8 @@ class TestBenchmarks:
     @pytest.mark.timeout(60)
     def test_threshold_quick(self, tmp_path: Path) -> None:
         out = tmp_path / "threshold.md"
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.send_threshold", "--quick", "--output", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=45,
-        )
+        proc = run_module(["benchmarks.send_threshold", "--quick", "--output", str(out)],
+                          timeout=45)
         assert proc.returncode == 0, proc.stderr[-4000:]
         md = out.read_text()
         assert "## 2. The cost of a zerocopy send" in md
