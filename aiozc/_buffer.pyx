@@ -283,6 +283,58 @@ cdef class ViewBuffer:
         self.clear()
         return True
 
+    # A reader waiting for a frame bigger than the memory its connection
+    # may pin would wait forever for a release only it can make: the pooled
+    # buffers it waits for are under its own queued views.  unpin() copies
+    # those bytes out to the heap, so the engine can recycle the buffers.
+    # Each byte is copied at most once: views already over heap memory
+    # (earlier unpins, assembled frames, copies past the bound) are kept
+    # as they are, and each run of pooled views between them becomes one
+    # bytes object.  A frame of F bytes under a bound of B thus costs F
+    # bytes of unpinning plus one assembly of F: linear, where copying the
+    # whole queue again at every starvation cost F * F / B.
+
+    def unpin(self):
+        """Copy queued bytes that lie in pooled memory to the heap; returns the bytes copied.
+
+        The views over pooled memory are released, so the receive engine
+        can reuse it; the queue's contents and order are unchanged.
+        Counted in ``bytes_assembled``.
+        """
+        cdef list out = []
+        cdef list run = []
+        cdef Py_ssize_t i, copied = 0
+        if not self._size:
+            return 0
+        for i in range(self._head, len(self._views)):
+            view = self._views[i]
+            if i == self._head and self._off:
+                part = view[self._off:]
+                view.release()
+                view = part
+            if type(view.obj) is bytes:
+                if run:
+                    copied += self._copy_run(run, out)
+                out.append(view)
+            else:
+                run.append(view)
+        if run:
+            copied += self._copy_run(run, out)
+        self._views = out
+        self._head = 0
+        self._off = 0
+        self._first_len = len(out[0])
+        self.bytes_assembled += copied
+        return copied
+
+    cdef Py_ssize_t _copy_run(self, list run, list out):
+        data = b"".join(run)
+        for view in run:
+            view.release()
+        run.clear()
+        out.append(memoryview(data))
+        return len(data)
+
     def clear(self):
         """Release every queued view."""
         cdef Py_ssize_t i

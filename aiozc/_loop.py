@@ -15,12 +15,13 @@ import functools
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from ssl import SSLContext
-from typing import Any, TypeVar, final
+from typing import IO, Any, TypeVar, final
 
 from . import _connect
 from ._config import ZCConfig
 from ._protocol import ZCProtocol
 from ._server import Server
+from ._transport import ZCTransport
 
 __all__ = ["new_event_loop", "run"]
 
@@ -120,6 +121,23 @@ class _ZCLoopMixin(asyncio.AbstractEventLoop):
         return await super().connect_accepted_socket(
             lambda: protocol, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
+
+    async def sendfile(
+        self,
+        transport: asyncio.WriteTransport,
+        file: IO[bytes],
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """Like ``loop.sendfile``; a :class:`ZCTransport` sends with ``os.sendfile()``.
+
+        Other transports get the loop's own implementation.
+        """
+        if isinstance(transport, ZCTransport):
+            return await transport.sendfile(file, offset, count, fallback=fallback)
+        return await super().sendfile(transport, file, offset, count, fallback=fallback)
 
     # The returned server is aiozc's own, not an asyncio.Server (hence the
     # override ignore): it accepts connections itself and picks a transport

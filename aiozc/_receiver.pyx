@@ -21,16 +21,24 @@ freed only when the receiver and every unreleased chunk have let go of it.
 
 cimport cython
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_SetFromErrno
 from cpython.memoryview cimport PyMemoryView_FromObject
 from libc.errno cimport (EAGAIN, EINTR, EINVAL, EIO, ENODEV, ENOPROTOOPT,
                          EOPNOTSUPP, errno)
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
+
+cdef extern from "Python.h":
+    # Raw-pointer spellings, for _PyBytes_Resize, which needs the only
+    # reference to the object (a Cython object variable would hold one).
+    PyObject *_bytes_new "PyBytes_FromStringAndSize"(const char *v, Py_ssize_t n)
+    char *_bytes_data "PyBytes_AS_STRING"(PyObject *o)
+    int _PyBytes_Resize(PyObject **o, Py_ssize_t n)
 
 from aiozc._kernel cimport *
 
@@ -92,6 +100,11 @@ cdef enum:
 # a connection keeps around to 4 regions plus the one being filled.
 cdef enum:
     ZAP_BATCH = 4
+
+# The most copy slabs one connection keeps track of (indices are ints):
+# 2**20 slabs of the smallest size (4 x 4 KiB) is 16 GiB, beyond any bound
+# a receiver sets in practice.  The arrays grow with use, not with the bound.
+cdef Py_ssize_t MAX_SLABS = 1 << 20
 
 # A copy slab holds this many receives of receive_size.  Consecutive
 # receives land back to back in a slab, so a frame that spans them is one
@@ -188,7 +201,8 @@ cdef class _Pool:
     cdef size_t *sused
     cdef size_t *sfaulted
     cdef int nslabs
-    cdef int max_slabs
+    cdef int slab_cap          # entries allocated in the slab arrays
+    cdef Py_ssize_t max_slabs
     cdef int cur_slab
     cdef size_t slab_size
     # --- accounting ---
@@ -216,15 +230,13 @@ cdef class _Pool:
         self.slab_size = slab_size
         self.max_pinned = max_pinned
         # At least two slabs, whatever the bound: one the application holds
-        # a partial frame in, one to receive the rest into.
-        self.max_slabs = max(2, <int>(max_pinned // slab_size))
-        self.slabs = <char **>calloc(self.max_slabs, sizeof(char *))
-        self.srefs = <int *>calloc(self.max_slabs, sizeof(int))
-        self.sused = <size_t *>calloc(self.max_slabs, sizeof(size_t))
-        self.sfaulted = <size_t *>calloc(self.max_slabs, sizeof(size_t))
-        if (self.slabs == NULL or self.srefs == NULL or self.sused == NULL
-                or self.sfaulted == NULL):
-            raise MemoryError()
+        # a partial frame in, one to receive the rest into.  The count is
+        # kept in a Py_ssize_t (a bound of sys.maxsize bytes must not wrap
+        # to a handful of slabs) and capped where the arrays' int indices
+        # end; the arrays themselves grow with use (_grow_slabs), so a huge
+        # bound costs nothing until memory is really pinned.
+        self.max_slabs = max(2, min(max_pinned // <Py_ssize_t>slab_size, MAX_SLABS))
+        self._grow_slabs(<int>min(self.max_slabs, 8))
 
     def __dealloc__(self):
         cdef int i
@@ -247,8 +259,48 @@ cdef class _Pool:
         free(self.rused)
         free(self.clean_stack)
 
+    cdef int _grow_slabs(self, int cap) except -1:
+        """Make room in the slab arrays for ``cap`` slabs (never shrinks)."""
+        cdef char **slabs
+        cdef int *srefs
+        cdef size_t *sused
+        cdef size_t *sfaulted
+        if cap <= self.slab_cap:
+            return 0
+        slabs = <char **>realloc(self.slabs, cap * sizeof(char *))
+        if slabs == NULL:
+            raise MemoryError()
+        self.slabs = slabs
+        srefs = <int *>realloc(self.srefs, cap * sizeof(int))
+        if srefs == NULL:
+            raise MemoryError()
+        self.srefs = srefs
+        sused = <size_t *>realloc(self.sused, cap * sizeof(size_t))
+        if sused == NULL:
+            raise MemoryError()
+        self.sused = sused
+        sfaulted = <size_t *>realloc(self.sfaulted, cap * sizeof(size_t))
+        if sfaulted == NULL:
+            raise MemoryError()
+        self.sfaulted = sfaulted
+        memset(self.slabs + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(char *))
+        memset(self.srefs + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(int))
+        memset(self.sused + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(size_t))
+        memset(self.sfaulted + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(size_t))
+        self.slab_cap = cap
+        return 0
+
+    cdef inline bint over_bound(self, size_t more) noexcept:
+        """True if pinning ``more`` bytes would pass max_pinned_bytes.
+
+        A connection whose views pin nothing may always receive (else a
+        bound below one buffer would stop it for good).  Unsigned, so that
+        a bound near sys.maxsize cannot overflow the sum.
+        """
+        return self.pinned != 0 and <size_t>self.pinned + more > <size_t>self.max_pinned
+
     cdef int map_window(self, int fd) except -1:
-        """mmap the window over the socket; returns errno on failure, 0 on success."""
+        """mmap the window over the socket: 0 on success, else the errno (raises only MemoryError)."""
         cdef void *addr
         cdef int i
         addr = mmap(NULL, self.window_size, PROT_READ, MAP_SHARED, fd, 0)
@@ -295,11 +347,11 @@ cdef class _Pool:
             self._unmap()
         if self.starved and self.on_release is not None:
             self.starved = False
-            try:
-                self.on_release()
-            except BaseException as exc:  # noqa: B036 - must not escape a dealloc
-                import sys
-                sys.unraisablehook(_Unraisable(exc, self.on_release))
+            # This runs wherever a view is released: in any thread, inside
+            # a dealloc, inside the garbage collector.  An exception cannot
+            # propagate from here (noexcept): Cython reports it through
+            # sys.unraisablehook, as CPython does for errors in __del__.
+            self.on_release()
 
     cdef void _unmap(self) noexcept:
         munmap(self.window, self.window_size)
@@ -371,8 +423,7 @@ cdef class _Pool:
                 self.rstate[cur] = R_RETIRED
         if self.ndirty >= ZAP_BATCH or (self.nclean == 0 and self.ndirty):
             self.zap()
-        if self.nclean == 0 or (
-                self.pinned and self.pinned + <Py_ssize_t>self.region_size > self.max_pinned):
+        if self.nclean == 0 or self.over_bound(self.region_size):
             return 0
         self.nclean -= 1
         cur = self.clean_stack[self.nclean]
@@ -419,7 +470,7 @@ cdef class _Pool:
         # Another slab no view holds, else a new one; either way within the
         # pinned bound (it will be pinned by the view made over it), except
         # that a connection whose views pin nothing may always receive.
-        if self.pinned and self.pinned + <Py_ssize_t>self.slab_size > self.max_pinned:
+        if self.over_bound(self.slab_size):
             return 0
         for i in range(self.nslabs):
             if self.slabs[i] != NULL and self.srefs[i] == 0 and i != cur:
@@ -428,6 +479,11 @@ cdef class _Pool:
                 return self.slab_size if self.slab_size < want else want
         if self.nslabs >= self.max_slabs:
             return 0
+        if self.nslabs == self.slab_cap:
+            try:
+                self._grow_slabs(<int>min(self.max_slabs, 2 * <Py_ssize_t>self.slab_cap))
+            except MemoryError:
+                return 0
         i = self.nslabs
         self.slabs[i] = <char *>malloc(self.slab_size)
         if self.slabs[i] == NULL:
@@ -444,6 +500,13 @@ cdef class _Pool:
         """A pooled buffer of at least ``size`` bytes, held once; -1 if none."""
         cdef int i, best = -1, empty = -1
         cdef size_t cap = (size + FRAME_ROUND - 1) // FRAME_ROUND * FRAME_ROUND
+        # The frame's size comes from the peer (a length header): memory
+        # for it is reserved only within max_pinned_bytes, even when
+        # nothing else is pinned, or a 4-byte header could make every
+        # connection reserve whatever it names.  Bigger frames are received
+        # as they arrive, into ordinary buffers, under the usual bound.
+        if cap > <size_t>self.max_pinned:
+            return -1
         for i in range(MAX_FRAMES):
             if self.frefs[i]:
                 continue
@@ -453,7 +516,7 @@ cdef class _Pool:
             elif self.fcap[i] >= size and (best < 0 or self.fcap[i] < self.fcap[best]):
                 best = i
         if best < 0:
-            if self.pinned and self.pinned + <Py_ssize_t>cap > self.max_pinned:
+            if self.over_bound(cap):
                 return -1
             if empty < 0:
                 # Every slot holds an idle buffer too small: replace one.
@@ -472,7 +535,7 @@ cdef class _Pool:
             memset(self.fbufs[empty], 0, cap)
             self.fcap[empty] = cap
             best = empty
-        elif self.pinned and self.pinned + <Py_ssize_t>self.fcap[best] > self.max_pinned:
+        elif self.over_bound(self.fcap[best]):
             return -1
         self.frefs[best] = 1
         self.pinned += self.fcap[best]
@@ -553,17 +616,6 @@ def join(a, b):
     if not adjacent:
         return None
     return ca.pool.view(ca.kind, ca.index, start, total)
-
-
-class _Unraisable:
-    """What sys.unraisablehook expects, for an exception in on_release."""
-
-    def __init__(self, exc, obj):
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in aiozc on_release callback"
-        self.object = obj
 
 
 @cython.final
@@ -1144,18 +1196,34 @@ cdef class Receiver:
         cdef ssize_t n
         cdef int err
         cdef char *buf
+        cdef PyObject *raw
         self.exhausted_receives += 1
         if self.pause_when_exhausted:
             self.pool.starved = True
             return _STARVED
-        data = PyBytes_FromStringAndSize(NULL, limit)
-        buf = PyBytes_AS_STRING(data)
-        n = self._recv(buf, limit)
+        # A bytes object of exactly the bytes received, shrunk in place
+        # after the recv as socket.recv() does: the view's .obj is reachable
+        # by the application, so it must hold no byte that was not received
+        # here (malloc'd memory holds whatever was freed before, such as
+        # another connection's stream) and no more memory than the view.
+        raw = _bytes_new(NULL, <Py_ssize_t>limit)
+        if raw == NULL:
+            raise MemoryError()
+        try:
+            n = self._recv(_bytes_data(raw), limit)
+        except BaseException:
+            Py_XDECREF(raw)
+            raise
         if n <= 0:
+            Py_XDECREF(raw)
             return n
+        if <size_t>n < limit and _PyBytes_Resize(&raw, n) < 0:
+            raise MemoryError()  # raw was freed and set to NULL
+        data = <object>raw
+        Py_XDECREF(raw)
         self.bytes_copied += n
         self.bytes_received += n
-        self.sink(memoryview(data)[:n])
+        self.sink(memoryview(data))
         return n
 
     # -- choosing a mode -----------------------------------------------------

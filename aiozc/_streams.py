@@ -77,7 +77,6 @@ class ZCStreamReader(asyncio.StreamReader):
     ) -> None:
         super().__init__(limit=limit, loop=loop)
         self._views = ViewBuffer()
-        self._compacted = 0  # bytes copied out of pooled memory by _unpin()
 
     def __repr__(self) -> str:
         info = ["ZCStreamReader", f"{len(self._views)} bytes"]
@@ -97,7 +96,7 @@ class ZCStreamReader(asyncio.StreamReader):
         if not isinstance(stats, ZCStats):
             return None
         return dataclasses.replace(
-            stats, bytes_assembled=self._views.bytes_assembled + self._compacted
+            stats, bytes_assembled=self._views.bytes_assembled
         )
 
     # -- fed by the protocol -------------------------------------------------
@@ -125,33 +124,9 @@ class ZCStreamReader(asyncio.StreamReader):
         # The transport starved (on_exhausted='pause', every pooled buffer
         # held by views).  If some of them are queued here, a reader waiting
         # for a frame bigger than max_pinned_bytes would wait forever for a
-        # release only it can make: copy them out (each byte at most once:
-        # views over bytes stay as they are) so the memory can be recycled.
-        views = self._views
-        if not len(views):
-            return
-        parts: list[memoryview] = []
-        run: list[memoryview] = []
-        while len(views):
-            view = views.take(views.first_size)
-            if isinstance(view.obj, bytes):
-                if run:
-                    parts.append(self._copy_out(run))
-                parts.append(view)
-            else:
-                run.append(view)
-        if run:
-            parts.append(self._copy_out(run))
-        for part in parts:
-            views.append(part)
-
-    def _copy_out(self, run: list[memoryview]) -> memoryview:
-        data = b"".join(run)
-        for view in run:
-            view.release()
-        run.clear()
-        self._compacted += len(data)
-        return memoryview(data)
+        # release only it can make: copy them out (ViewBuffer.unpin: each
+        # byte at most once) so the memory can be recycled.
+        self._views.unpin()
 
     def _maybe_resume_transport(self) -> None:
         if self._paused and len(self._views) <= max(self._limit, _PAUSE_FLOOR // 2):

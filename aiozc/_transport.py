@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import io
 import logging
 import os
 import socket
+import stat
 import warnings
+import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
+from asyncio.transports import _FlowControlMixin
 from asyncio.trsock import TransportSocket
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable, Iterable
+from asyncio import constants as _asyncio_constants
+from typing import IO, TYPE_CHECKING, Any, final
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
@@ -73,8 +79,13 @@ def _kind_of(protocol: asyncio.BaseProtocol) -> int:
     return _BYTES
 
 
+# Derived from asyncio's _FlowControlMixin (a private class, but one every
+# asyncio transport derives from, and which its sendfile fallback insists
+# on: it reads _protocol_paused and _loop): loop.sendfile() on asyncio's own
+# loops works on a ZCTransport as on theirs.  The flow-control methods are
+# overridden below with the same behaviour.
 @final
-class ZCTransport(asyncio.Transport):
+class ZCTransport(_FlowControlMixin):
     """A TCP transport that receives with ``TCP_ZEROCOPY_RECEIVE``.
 
     A :class:`ZCProtocol` gets read-only memoryviews; a plain
@@ -85,6 +96,11 @@ class ZCTransport(asyncio.Transport):
     and count as buffered until the kernel has completed them.  Build one
     through :func:`aiozc.create_connection` and friends rather than directly.
     """
+
+    # loop.sendfile(transport, file) on asyncio's own loops: they copy the
+    # file through write() (their native path needs a selector transport's
+    # internals).  aiozc's loops call sendfile() below, which does not copy.
+    _sendfile_compatible = _asyncio_constants._SendfileMode.FALLBACK
 
     def __init__(
         self,
@@ -109,7 +125,7 @@ class ZCTransport(asyncio.Transport):
                 info[key] = getter()
             except OSError:
                 info[key] = None
-        super().__init__(info)
+        super().__init__(info, loop)
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -124,7 +140,10 @@ class ZCTransport(asyncio.Transport):
                 pass
         self._config = config if config is not None else ZCConfig()
         self._rx = Receiver(self._fd, self._config, None)
-        self._rx.on_release = self._on_memory_released
+        # Weakly: the engine's pool outlives the transport while views are
+        # held, and must not call into a transport the garbage collector is
+        # tearing down (nor keep it alive).
+        self._rx.on_release = _weak_callback(self._on_memory_released)
         self._zc = ZeroCopySends(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
         # libuv drops a reader after reporting EPOLLERR once (see
@@ -147,8 +166,13 @@ class ZCTransport(asyncio.Transport):
         # copied from mutable or small writes (consecutive ones share it),
         # or a memoryview of an immutable buffer to send zerocopy.
         self._queue: deque[bytearray | memoryview] = deque()
-        self._queued = 0  # bytes in _queue
+        self._queued = 0  # bytes in _queue and _held
         self._writer_on = False
+        # While sendfile() runs it owns the socket's write side: writes
+        # made meanwhile wait in _held, and go to _queue after the file.
+        self._sendfile_busy = False
+        self._sendfile_waiter: asyncio.Future[None] | None = None
+        self._held: deque[bytearray | memoryview] = deque()
         # uvloop (libuv) stops an fd's poll handle on EPOLLERR, which is how
         # completions announce themselves; see _rearm().
         self._rearm_on_errqueue = not isinstance(loop, BaseSelectorEventLoop)
@@ -158,7 +182,7 @@ class ZCTransport(asyncio.Transport):
         self._lost = False  # connection_lost() called
         self._high_water = _HIGH_WATER
         self._low_water = _HIGH_WATER // 4
-        self._writing_paused = False
+        self._protocol_paused = False
         self._server = server
         if server is not None:
             server._attach(self)
@@ -215,10 +239,45 @@ class ZCTransport(asyncio.Transport):
         return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        """Switch protocols; the new one's type decides how it gets data."""
+        """Switch protocols; the new one's type decides how it gets data.
+
+        Safe at any time, also inside ``data_received`` and while reading
+        is paused: whatever the engine has received and not yet delivered
+        goes to the new protocol, as bytes, into its buffers, or as views.
+        """
         self._protocol = protocol
         self._kind = _kind_of(protocol)
-        self._rx.sink = protocol.data_received if self._kind == _VIEWS else None  # type: ignore[attr-defined]
+        # A switch can happen in the middle of a pump (inside a callback),
+        # with views still to come from it, or with views held back by a
+        # pause: the engine's sink must suit the new protocol at once.
+        if self._kind == _VIEWS:
+            self._rx.sink = protocol.data_received  # type: ignore[attr-defined]
+        else:
+            self._rx.sink = self._deliver_copy
+
+    def _deliver_copy(self, view: memoryview) -> None:
+        # The engine's sink while the protocol is a plain Protocol or a
+        # BufferedProtocol: only views the engine received before a switch
+        # (or held back by a pause) come this way; later reads use recv.
+        with view:
+            if self._kind == _BYTES:
+                self._protocol.data_received(bytes(view))  # type: ignore[attr-defined]
+                return
+            while view:
+                if self._kind != _BUFFERED:  # switched again in buffer_updated
+                    sink = self._rx.sink
+                    assert sink is not None
+                    sink(view[:])
+                    return
+                protocol: asyncio.BufferedProtocol = self._protocol  # type: ignore[assignment]
+                buf = memoryview(protocol.get_buffer(len(view))).cast("B")
+                n = min(len(buf), len(view))
+                if not n:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                buf[:n] = view[:n]
+                buf.release()
+                view = view[n:]
+                protocol.buffer_updated(n)
 
     def is_closing(self) -> bool:
         """True once close() or abort() was called, or the connection was lost."""
@@ -294,7 +353,21 @@ class ZCTransport(asyncio.Transport):
             return
         if self._kind == _VIEWS:
             self._pump(self._want)
-        elif self._kind == _BUFFERED:
+            return
+        if self._rx.has_pending:
+            # Views a pause held back before a switch to a plain protocol:
+            # they come first, through _deliver_copy.
+            try:
+                if not self._rx.deliver_pending():
+                    return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return
+            if self._closing or self._paused:
+                return
+        if self._kind == _BUFFERED:
             self._read_ready_buffered()
         else:
             self._read_ready_bytes()
@@ -307,6 +380,8 @@ class ZCTransport(asyncio.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on aiozc transport")
             return
+        if self._closing:
+            return  # closed by a callback: nothing more is delivered
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -486,7 +561,7 @@ class ZCTransport(asyncio.Transport):
             return
         view = self._zc.view_for(data)
         n = 0
-        if not self._queue:
+        if not self._queue and not self._sendfile_busy:
             try:
                 n = self._zc.send(view) if view is not None else self._send_copy(data)
             except (BlockingIOError, InterruptedError):
@@ -502,17 +577,18 @@ class ZCTransport(asyncio.Transport):
                     self._update_reaper()
                 return
             self._set_writer(True)
+        queue = self._held if self._sendfile_busy else self._queue
         if view is not None:
             seg = view[n:] if n else view
-            self._queue.append(seg)
+            queue.append(seg)
             self._queued += len(seg)
         else:
             rest = memoryview(data)[n:] if n else data
-            tail = self._queue[-1] if self._queue else None
+            tail = queue[-1] if queue else None
             if type(tail) is bytearray:
                 tail.extend(rest)
             else:
-                self._queue.append(bytearray(rest))
+                queue.append(bytearray(rest))
             self._queued += len(rest)
             self._zc.bytes_buffered += len(rest)
         self._maybe_pause_protocol()
@@ -547,6 +623,11 @@ class ZCTransport(asyncio.Transport):
         if self._conn_lost:
             return
         queue = self._queue
+        if not queue and self._sendfile_waiter is not None:
+            # sendfile() waits for the socket to take more.
+            self._set_writer(False)
+            self._wake_sendfile()
+            return
         zc = self._zc
         sent = 0
         try:
@@ -579,7 +660,9 @@ class ZCTransport(asyncio.Transport):
         self._maybe_resume_protocol()
         if not queue:
             self._set_writer(False)
-            if self._closing:
+            if self._sendfile_busy:
+                self._wake_sendfile()  # the writes before the file are out
+            elif self._closing:
                 self._maybe_finish_close()
             elif self._eof_written:
                 self._shutdown_write()
@@ -592,6 +675,148 @@ class ZCTransport(asyncio.Transport):
             self._loop.remove_writer(self._fd)
             self._writer_on = False
             self._update_reaper()
+
+    # -- sendfile --------------------------------------------------------------
+    #
+    # The file goes out with os.sendfile(): the kernel reads the page cache
+    # straight into the socket, no byte passes through user space.  Order
+    # is kept against write(): bytes written before sendfile() are sent
+    # first (it waits for the queue to empty), bytes written while it runs
+    # wait in _held and follow the file; close() and write_eof() made
+    # meanwhile take effect after it.  Flow control is the socket's own
+    # buffer: the call sends what the socket takes and waits for the writer
+    # callback when it is full.  Files os.sendfile() cannot send (no
+    # fileno(), not a regular file, or a kernel that refuses) are read and
+    # sent by the same loop, as asyncio's fallback does.
+
+    async def sendfile(
+        self, file: IO[bytes], offset: int = 0, count: int | None = None, *, fallback: bool = True
+    ) -> int:
+        """Send ``count`` bytes of ``file`` from ``offset`` (to its end if None).
+
+        What ``loop.sendfile(transport, file, offset, count)`` does on an
+        aiozc loop, and what a plain asyncio loop does through its copying
+        fallback: the bytes go out with ``os.sendfile()`` (no copy through
+        user space), in order with everything written before and after.
+        Returns the number of bytes sent; the file's position is left just
+        after them.  With ``fallback=False``, a file ``os.sendfile()``
+        cannot send raises :exc:`asyncio.SendfileNotAvailableError` instead
+        of being read and sent by copy.
+        """
+        _check_sendfile_args(file, offset, count)
+        if self._closing:
+            raise RuntimeError("Transport is closing")
+        if self._eof_written:
+            raise RuntimeError("Cannot call sendfile() after write_eof()")
+        if self._sendfile_busy:
+            raise RuntimeError("another sendfile() is already running on this transport")
+        self._sendfile_busy = True
+        sent = 0
+        try:
+            while self._queue:  # what was written before goes first
+                await self._wait_for_socket()
+            try:
+                fileno = file.fileno()
+                native = stat.S_ISREG(os.fstat(fileno).st_mode)
+            except (AttributeError, io.UnsupportedOperation, OSError):
+                native = False
+            if native:
+                try:
+                    sent = await self._sendfile_native(fileno, offset, count)
+                except _SendfileNotAvailable:
+                    native = False
+            if not native:
+                if not fallback:
+                    raise asyncio.SendfileNotAvailableError(
+                        f"os.sendfile() cannot send {file!r}: not a regular file, "
+                        "or the kernel refused it; pass fallback=True to copy it"
+                    )
+                sent = await self._sendfile_copy(file, offset, count)
+        finally:
+            self._sendfile_busy = False
+            self._sendfile_waiter = None
+            if sent and _seekable(file):
+                file.seek(offset + sent)
+            self._queue.extend(self._held)
+            self._held.clear()
+            if self._conn_lost:
+                self._queue.clear()
+                self._queued = 0
+            elif self._queue:
+                self._set_writer(True)
+            elif self._closing:
+                self._maybe_finish_close()
+            elif self._eof_written:
+                self._shutdown_write()
+        return sent
+
+    async def _sendfile_native(self, fileno: int, offset: int, count: int | None) -> int:
+        sent = 0
+        while count is None or sent < count:
+            block = _SENDFILE_BLOCK if count is None else min(count - sent, _SENDFILE_BLOCK)
+            try:
+                n = os.sendfile(self._fd, fileno, offset + sent, block)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_for_socket()
+                continue
+            except OSError as exc:
+                if sent == 0 and exc.errno in _SENDFILE_UNSUPPORTED:
+                    raise _SendfileNotAvailable from exc
+                self._sendfile_failed(exc)
+                raise
+            if n == 0:
+                break  # the end of the file
+            sent += n
+            self._zc.bytes_copied += n
+        return sent
+
+    async def _sendfile_copy(self, file: IO[bytes], offset: int, count: int | None) -> int:
+        sent = 0
+        if offset or _seekable(file):
+            file.seek(offset)  # a pipe cannot seek: it is read from where it is
+        while count is None or sent < count:
+            want = _SENDFILE_COPY_BLOCK if count is None else min(count - sent, _SENDFILE_COPY_BLOCK)
+            data = await self._loop.run_in_executor(None, file.read, want)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                if self._conn_lost:
+                    raise ConnectionError("the connection was lost during sendfile()")
+                try:
+                    n = self._send_copy(view)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait_for_socket()
+                    continue
+                except OSError as exc:
+                    self._sendfile_failed(exc)
+                    raise
+                view = view[n:]
+                sent += n
+        return sent
+
+    async def _wait_for_socket(self) -> None:
+        # Woken by _write_ready (the socket takes more, or the queue emptied)
+        # or by _force_close.
+        if self._conn_lost:
+            raise ConnectionError("the connection was lost during sendfile()")
+        waiter = self._loop.create_future()
+        self._sendfile_waiter = waiter
+        self._set_writer(True)
+        try:
+            await waiter
+        finally:
+            self._sendfile_waiter = None
+        if self._conn_lost:
+            raise ConnectionError("the connection was lost during sendfile()")
+
+    def _wake_sendfile(self) -> None:
+        waiter = self._sendfile_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _sendfile_failed(self, exc: OSError) -> None:
+        self._fatal_error(exc, "Fatal write error on aiozc transport (sendfile)")
 
     # -- reaping completions -----------------------------------------------
     #
@@ -682,7 +907,7 @@ class ZCTransport(asyncio.Transport):
         if self._closing or self._eof_written:
             return
         self._eof_written = True
-        if not self._queue:
+        if not self._queue and not self._sendfile_busy:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
@@ -718,9 +943,9 @@ class ZCTransport(asyncio.Transport):
         self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self) -> None:
-        if self.get_write_buffer_size() <= self._high_water or self._writing_paused:
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
             return
-        self._writing_paused = True
+        self._protocol_paused = True
         try:
             self._protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -732,8 +957,8 @@ class ZCTransport(asyncio.Transport):
             })
 
     def _maybe_resume_protocol(self) -> None:
-        if self._writing_paused and self.get_write_buffer_size() <= self._low_water:
-            self._writing_paused = False
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
             try:
                 self._protocol.resume_writing()
             except (SystemExit, KeyboardInterrupt):
@@ -752,8 +977,9 @@ class ZCTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        self._stop_delivery()
         self._update_reader()
-        if not self._queue:
+        if not self._queue and not self._sendfile_busy:
             if self._zc.pending:
                 self._reap_sends()
             if self._zc.pending:
@@ -764,11 +990,22 @@ class ZCTransport(asyncio.Transport):
 
     def _maybe_finish_close(self) -> None:
         # close() was called and the queue is empty: finish once the last
-        # zerocopy send has completed.
-        if self._conn_lost or self._queue or self._zc.pending:
+        # zerocopy send has completed.  connection_lost() is scheduled, never
+        # called from here: this runs inside close() (which may be inside
+        # data_received) when the reap finds the last completion, and
+        # asyncio promises connection_lost() is the last call and never
+        # nested in another.
+        if self._conn_lost or self._queue or self._sendfile_busy or self._zc.pending:
             return
         self._conn_lost += 1
-        self._call_connection_lost(None)
+        self._loop.call_soon(self._call_connection_lost, None)
+
+    def _stop_delivery(self) -> None:
+        # close() and abort() end reading at once, as asyncio's transports
+        # do ("no more data will be received"), also when called from
+        # data_received in the middle of a pump: the engine stops after the
+        # current view, and what it holds back is dropped with it.
+        self._rx.paused = True
 
     def abort(self) -> None:
         """Close at once, dropping buffered data.
@@ -794,12 +1031,15 @@ class ZCTransport(asyncio.Transport):
     def _force_close(self, exc: BaseException | None) -> None:
         if self._conn_lost:
             return
-        if self._queue:
+        if self._queue or self._held:
             self._queue.clear()  # never handed to the kernel: no hold to wait for
+            self._held.clear()
             self._queued = 0
             self._set_writer(False)
+        self._wake_sendfile()
         if not self._closing:
             self._closing = True
+            self._stop_delivery()
             self._update_reader()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
@@ -870,8 +1110,58 @@ class ZCTransport(asyncio.Transport):
         self._zc.release_all()
 
 
+# os.sendfile() sends at most this much per call (the kernel caps a call
+# near 2 GiB anyway); a call returns as soon as the socket buffer is full.
+_SENDFILE_BLOCK = 1 << 30
+# The copying fallback reads and sends the file in blocks of this size, as
+# asyncio's fallback does (256 KiB, its max read size).
+_SENDFILE_COPY_BLOCK = 256 * 1024
+# os.sendfile() errors on the first call that mean "not for this file or
+# socket" (then the copying fallback), rather than a failed connection.
+_SENDFILE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                                   errno.ENOTSOCK, errno.EOVERFLOW, errno.ESPIPE})
+
+
+def _seekable(file: IO[bytes]) -> bool:
+    try:
+        return bool(file.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _SendfileNotAvailable(Exception):
+    """os.sendfile() refused the file: use the copying fallback."""
+
+
+def _check_sendfile_args(file: IO[bytes], offset: int, count: int | None) -> None:
+    # As asyncio's loop.sendfile() checks them.
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+
+
 # struct linger {int l_onoff; int l_linger;}: on, 0 seconds: close() resets.
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+
+def _weak_callback(method: Callable[[], None]) -> Callable[[], None]:
+    """A callable that calls ``method`` if its object is still alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:

@@ -190,7 +190,6 @@ class ZCSocketStream(SocketStream):
         self._freed = False  # on_release fired since the last pump
         self._eof = False  # the engine reached the peer's FIN
         self._error: OSError | None = None  # the engine's socket error
-        self._compacted = 0  # bytes copied to unpin the buffer when starved
         self._receive_guard = ResourceGuard("reading from")
         self._receiving = False  # a receive is waiting in _fill()
         self._send_guard = ResourceGuard("writing to")
@@ -239,7 +238,7 @@ class ZCSocketStream(SocketStream):
         :meth:`receive_exactly_view`).  ``receive()`` returns copies by
         contract and is not counted.
         """
-        return self._buf.bytes_assembled + self._compacted
+        return self._buf.bytes_assembled
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -405,11 +404,10 @@ class ZCSocketStream(SocketStream):
         return len(buf) >= nbytes
 
     def _compact(self) -> None:
-        # Copy the queued bytes out so that the pooled memory under them can
-        # be recycled: a partial frame must not wait for its own release.
-        data = self._buf.take_bytes(len(self._buf))
-        self._compacted += len(data)
-        self._buf.append(memoryview(data))
+        # Copy the queued bytes that lie in pooled memory out, so that the
+        # memory can be recycled: a partial frame must not wait for its own
+        # release.  Each byte at most once (ViewBuffer.unpin).
+        self._buf.unpin()
 
     def _on_release(self) -> None:
         # The engine calls this once a view is released after pump() starved;
