@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import sys
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -729,3 +730,67 @@ class TestSendfile:
             listener.close()
         assert sent == len(data)
         assert out and sha(out[0]) == sha(data)
+
+
+# -- an application that walks away ----------------------------------------------------
+
+
+ABANDON = """
+import asyncio, gc, socket, sys, threading
+import aiozc
+
+class Holder(aiozc.ZCProtocol):
+    def connection_made(self, transport):
+        self.transport, self.views = transport, []   # a cycle, as applications make
+        self.done = asyncio.get_running_loop().create_future()
+    def data_received(self, data):
+        self.views.append(data)                      # never released
+
+def peer(listener):
+    conn, _ = listener.accept()
+    try:
+        conn.sendall(bytes(12 << 20))
+    except OSError:
+        pass
+
+async def main():
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=peer, args=(listener,), daemon=True).start()
+    config = aiozc.ZCConfig(zerocopy="never", max_pinned_bytes=2 << 20, on_exhausted="pause")
+    transport, _ = await aiozc.create_connection(
+        Holder, "127.0.0.1", listener.getsockname()[1], config=config)
+    for _ in range(500):
+        if transport.stats.exhausted_receives:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.stats.exhausted_receives, "never starved"
+
+factory = asyncio.SelectorEventLoop
+if sys.argv[1] == "uvloop":
+    import uvloop
+    factory = uvloop.new_event_loop
+for _ in range(3):
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+    gc.collect()   # the views, the transport, its pool and the loop die together
+print("done")
+"""
+
+
+class TestAbandonedConnection:
+    """An application that ends with a starved connection open and every view
+    held: the garbage collector takes it all, quietly and without a crash."""
+
+    def test_collected_with_its_views(self, loop_name: str) -> None:
+        # Before the fix, each release that the collector made called back
+        # into the half-destroyed transport (an "Exception ignored" per view),
+        # and printing that error once crashed CPython (SIGSEGV in its
+        # attribute-name suggestions on the dying object).
+        proc = subprocess.run(
+            [sys.executable, "-X", "dev", "-c", ABANDON, loop_name],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == "done"
+        assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
