@@ -328,7 +328,12 @@ class TestThreads:
         finally:
             workers.shutdown(wait=True)
         assert proto.digest == sha(data)
-        assert stats.bytes_mapped > 0.8 * len(data)
+        # Regions released by the workers were mapped again: more recycled
+        # than the window holds (8).  Not a mapped fraction: a receive that
+        # finds every region still held copies instead, and how often that
+        # happens depends on how soon the workers get a CPU (a loaded
+        # machine saw 69% mapped, 80% was asserted).
+        assert stats.bytes_mapped > 0 and stats.regions_recycled > 8, stats
         assert proto.transport.stats.views_outstanding == 0
 
 
