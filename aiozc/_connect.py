@@ -23,31 +23,13 @@ from ssl import SSLContext
 from typing import Any, TypeVar
 
 from ._config import ZCConfig
-from ._protocol import ZCProtocol
-from ._server import Server, _set_nodelay
-from ._transport import ZCTransport
+from ._server import Server
+from ._wrap import refuse_tls, wrap_socket
 
 __all__ = ["create_connection", "create_server", "connect_accepted_socket"]
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 _AddrInfo = tuple[int, int, int, str, Any]
-
-_TLS_REFUSED = (
-    "aiozc does not support TLS: TCP receive zerocopy would map the TLS "
-    "ciphertext, not the plaintext, and decrypting copies it anyway. Use the "
-    "event loop's own {0}() (or an aiozc loop's, with a plain asyncio "
-    "protocol) for TLS connections."
-)
-
-
-def _refuse_tls(what: str, ssl: SSLContext | bool | None, **tls_only: object) -> None:
-    if ssl is not None and ssl is not False:
-        raise ValueError(f"{what}: ssl={ssl!r} refused. " + _TLS_REFUSED.format(what))
-    for name, value in tls_only.items():
-        if value is not None:
-            raise ValueError(f"{what}: {name} is only meaningful with ssl. "
-                             + _TLS_REFUSED.format(what))
-
 
 def _check_stream(sock: socket.socket) -> None:
     if sock.type != socket.SOCK_STREAM:
@@ -196,7 +178,7 @@ async def create_connection(
     ``happy_eyeballs_delay`` and ``interleave`` behave as in asyncio
     (RFC 8305: staggered attempts, addresses interleaved by family).
     """
-    _refuse_tls("create_connection", ssl, server_hostname=server_hostname,
+    refuse_tls("create_connection", ssl, server_hostname=server_hostname,
                 ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
     loop = asyncio.get_running_loop()
@@ -220,7 +202,6 @@ async def create_connection(
             infos = _interleave(infos, interleave)
         sock = await _connect_any(loop, infos, local_infos, happy_eyeballs_delay, all_errors)
         own_sock = True
-    _set_nodelay(sock)
     return await _make_transport(loop, protocol_factory, sock, config, accepted=False,
                                  own_sock=own_sock)
 
@@ -243,28 +224,15 @@ async def _make_transport(
     """
     try:
         protocol = protocol_factory()
-        if isinstance(protocol, ZCProtocol):
-            _refuse_tls("connect_accepted_socket", ssl,
-                        ssl_handshake_timeout=ssl_handshake_timeout,
-                        ssl_shutdown_timeout=ssl_shutdown_timeout)
-            waiter: asyncio.Future[None] = loop.create_future()
-            transport = ZCTransport(loop, sock, protocol, config=config, waiter=waiter)
-        elif not accepted:
-            return await loop.create_connection(lambda: protocol, sock=sock)
-        else:
-            return await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        what = "create_connection" if not accepted else "connect_accepted_socket"
+        transport = await wrap_socket(
+            loop, sock, protocol, what=what, config=config, accepted=accepted, ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
     except BaseException:
-        # Closing the socket object again after a loop transport closed it
-        # is a no-op; once a ZCTransport exists, it alone closes the socket.
+        # Closing the socket object again after a transport closed it is a
+        # no-op; once a transport exists, it alone closes the socket.
         if own_sock:
             sock.close()
-        raise
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
         raise
     return transport, protocol
 
@@ -287,7 +255,6 @@ async def connect_accepted_socket(
     _check_stream(sock)
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
-    _set_nodelay(sock)
     return await _make_transport(
         loop, protocol_factory, sock, config, accepted=True, ssl=ssl,
         ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
@@ -365,7 +332,7 @@ async def _bind_sockets(
     return sockets
 
 
-async def _create_server(
+async def create_server_on(
     loop: asyncio.AbstractEventLoop,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     host: str | Sequence[str] | None,
@@ -437,9 +404,9 @@ async def create_server(
     interfaces), a name, or a sequence of names; every resolved address is
     bound.  TLS (``ssl``) is refused with :exc:`ValueError`.
     """
-    _refuse_tls("create_server", ssl, ssl_handshake_timeout=ssl_handshake_timeout,
+    refuse_tls("create_server", ssl, ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
-    return await _create_server(
+    return await create_server_on(
         asyncio.get_running_loop(), protocol_factory, host, port, config=config,
         family=family, flags=flags, sock=sock, backlog=backlog, ssl=None,
         reuse_address=reuse_address, reuse_port=reuse_port, keep_alive=keep_alive,

@@ -171,7 +171,7 @@ class _ZCLoopMixin(asyncio.AbstractEventLoop):
         """
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        return await _connect._create_server(
+        return await _connect.create_server_on(
             self, protocol_factory, host, port, config=config, family=family, flags=flags,
             sock=sock, backlog=backlog, ssl=ssl, reuse_address=reuse_address,
             reuse_port=reuse_port, keep_alive=keep_alive,

@@ -32,3 +32,16 @@ class ZCProtocol(asyncio.Protocol):
         so an override taking ``memoryview`` needs
         ``# type: ignore[override]`` under mypy, as this one has.
         """
+
+    def memory_exhausted(self) -> None:
+        """Called when receiving stopped for want of memory.
+
+        With ``ZCConfig(on_exhausted="pause")``, reading pauses once the
+        views this connection's application holds pin ``max_pinned_bytes``;
+        it resumes by itself as soon as one of them is released.  A protocol
+        that keeps views queued while it waits for more bytes (a frame
+        reader) may be holding the very memory it waits for: here it can
+        release them, copying out what it must keep (``bytes(view)``).
+        The default does nothing.
+        """
+

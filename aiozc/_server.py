@@ -20,6 +20,7 @@ from typing import final
 
 from ._config import ZCConfig
 from ._protocol import ZCProtocol
+from ._wrap import set_nodelay, zerocopy_transport
 
 __all__ = ["Server"]
 
@@ -30,13 +31,24 @@ _ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-def _set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle on a TCP socket, as asyncio's socket transports do."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+@final
+class _Clients(set[asyncio.Transport]):
+    """A server's live connections (``_transport.ConnectionSet``).
+
+    A strong set, unlike asyncio's WeakSet: a ZCTransport stays reachable
+    from its add_reader callback until it closes anyway, and the strong
+    reference lets close_clients() reach every connection.  ``on_empty``
+    runs when the last one is discarded.
+    """
+
+    def __init__(self, on_empty: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_empty = on_empty
+
+    def discard(self, transport: object, /) -> None:
+        super().discard(transport)
+        if not self:
+            self.on_empty()
 
 
 @final
@@ -72,10 +84,7 @@ class Server(asyncio.AbstractServer):
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._serving_forever_fut: asyncio.Future[None] | None = None
-        # A strong set, unlike asyncio's WeakSet: a ZCTransport stays
-        # reachable from its add_reader callback until it closes anyway, and
-        # the strong reference lets close_clients() reach every connection.
-        self._clients: set[asyncio.Transport] = set()
+        self._clients = _Clients(self._last_client_gone)
         # None once close() ran and the last connection detached.
         self._waiters: list[asyncio.Future[None]] | None = []
         # Keep handoff tasks alive (the loop only holds them weakly).
@@ -85,16 +94,10 @@ class Server(asyncio.AbstractServer):
     def __repr__(self) -> str:
         return f"<aiozc.Server sockets={self.sockets!r}>"
 
-    # -- connection tracking (called by ZCTransport) ----------------------
+    # -- connection tracking ------------------------------------------------
 
-    def _attach(self, transport: asyncio.Transport) -> None:
-        """Count ``transport`` as one of this server's connections."""
-        self._clients.add(transport)
-
-    def _detach(self, transport: asyncio.Transport) -> None:
-        """Forget ``transport``, whose connection has been lost."""
-        self._clients.discard(transport)
-        if not self._clients and self._sockets is None:
+    def _last_client_gone(self) -> None:
+        if self._sockets is None:
             self._wakeup()
 
     def _wakeup(self) -> None:
@@ -235,21 +238,15 @@ class Server(asyncio.AbstractServer):
             self._connection_accepted(conn)
 
     def _connection_accepted(self, conn: socket.socket) -> None:
-        from ._transport import ZCTransport  # late: _transport may import us
-
         try:
             conn.setblocking(False)
-            _set_nodelay(conn)
             protocol = self._protocol_factory()
             if isinstance(protocol, ZCProtocol):
-                if self._ssl is not None:
-                    raise ValueError(
-                        "aiozc refuses a ZCProtocol on a TLS server: zerocopy "
-                        "would map TLS ciphertext, not plaintext; use a plain "
-                        "asyncio.Protocol for TLS connections"
-                    )
-                ZCTransport(self._loop, conn, protocol, config=self._config, server=self)
+                zerocopy_transport(self._loop, conn, protocol, what="a TLS server",
+                                   config=self._config, ssl=self._ssl,
+                                   connections=self._clients)
                 return
+            set_nodelay(conn)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -281,7 +278,7 @@ class Server(asyncio.AbstractServer):
                 original(exc)
             finally:
                 if transport is not None:
-                    self._detach(transport)
+                    self._clients.discard(transport)
 
         try:
             protocol.connection_lost = connection_lost  # type: ignore[method-assign]
@@ -309,4 +306,4 @@ class Server(asyncio.AbstractServer):
             return
         # connection_lost may already have run (a peer that reset at once).
         if tracked and not lost:
-            self._attach(transport)
+            self._clients.add(transport)

@@ -24,9 +24,9 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
-from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._connect import create_connection, create_server
+from ._framereader import FrameReader, Next
 from ._protocol import ZCProtocol
 from ._server import Server
 from ._stats import ZCStats
@@ -76,7 +76,11 @@ class ZCStreamReader(asyncio.StreamReader):
         self, limit: int = _DEFAULT_LIMIT, loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
         super().__init__(limit=limit, loop=loop)
-        self._views = ViewBuffer()
+        # The queue and everything about cutting frames from it; this class
+        # turns the frame reader's answers into awaits (see _framereader).
+        self._frames = FrameReader()
+        self._views = self._frames.buffer
+        self._zc: ZCTransport | None = None
 
     def __repr__(self) -> str:
         info = ["ZCStreamReader", f"{len(self._views)} bytes"]
@@ -101,6 +105,23 @@ class ZCStreamReader(asyncio.StreamReader):
 
     # -- fed by the protocol -------------------------------------------------
 
+    def set_transport(self, transport: asyncio.BaseTransport) -> None:
+        """As asyncio's; a :class:`ZCTransport` also receives big frames whole."""
+        super().set_transport(transport)
+        if isinstance(transport, ZCTransport):
+            self._zc = transport
+            self._frames.connect(transport.gather, transport.end_gather)
+
+    def feed_eof(self) -> None:
+        """The peer closed its side: what is queued is all there will be."""
+        self._frames.feed_eof()
+        super().feed_eof()
+
+    def set_exception(self, exc: Exception) -> None:
+        """The connection failed: readers raise ``exc`` once the queue is read."""
+        self._frames.feed_error(exc)
+        super().set_exception(exc)
+
     def feed_data(self, data: bytes | memoryview) -> None:  # type: ignore[override]
         """Queue received data (a view from the transport, or bytes)."""
         assert not self._eof, "feed_data after feed_eof"
@@ -120,13 +141,10 @@ class ZCStreamReader(asyncio.StreamReader):
             else:
                 self._paused = True
 
-    def _unpin(self) -> None:
+    def _memory_exhausted(self) -> None:
         # The transport starved (on_exhausted='pause', every pooled buffer
-        # held by views).  If some of them are queued here, a reader waiting
-        # for a frame bigger than max_pinned_bytes would wait forever for a
-        # release only it can make: copy them out (ViewBuffer.unpin: each
-        # byte at most once) so the memory can be recycled.
-        self._views.unpin()
+        # held by views): let go of the ones queued here (FrameReader.starved).
+        self._frames.starved()
 
     def _maybe_resume_transport(self) -> None:
         if self._paused and len(self._views) <= max(self._limit, _PAUSE_FLOOR // 2):
@@ -238,42 +256,33 @@ class ZCStreamReader(asyncio.StreamReader):
             raise ValueError("readexactly size can not be less than zero")
         if self._exception is not None:
             raise self._exception
-        views = self._views
-        if len(views) >= n:
+        if len(self._views) >= n:
             return
-        # A big frame: have the transport receive its rest straight into
-        # one buffer (ZCTransport.gather) instead of assembling it later.
-        transport = self._transport
-        gathering = (
-            not self._eof
-            and isinstance(transport, ZCTransport)
-            and transport.gather(views, n)
-        )
-        zc = transport if isinstance(transport, ZCTransport) else None
+        frames = self._frames
+        zc = self._zc
         try:
-            while len(views) < n:
-                if self._exception is not None:
-                    raise self._exception
-                if self._eof:
-                    partial = views.take_bytes(len(views))
+            while (step := frames.need(n)) is not Next.READY:
+                if step is Next.ERROR:
+                    assert frames.error is not None
+                    raise frames.error
+                if step is Next.EOF:
+                    partial = self._views.take_bytes(len(self._views))
                     raise asyncio.IncompleteReadError(partial, n)
                 if zc is not None:
-                    # Receive now if the socket may hold more (see
-                    # ZCTransport._pull), reading no further than this frame:
-                    # bytes read ahead of the next one would be views to
-                    # assemble, where left in the kernel they can be gathered.
-                    zc._pull(n - len(views))
-                    if len(views) >= n or self._eof or self._exception is not None:
+                    # Receive now if the socket may hold more, reading no
+                    # further than this frame (ZCTransport.receive_now).
+                    if zc.receive_now(frames.missing(n)):
                         continue
-                    zc._want = n - len(views)
+                    zc.set_read_hint(frames.missing(n))
+                # WAIT_READABLE, or WAIT_MEMORY: the transport resumes
+                # reading once the application releases a view.
                 await self._wait_for_data("readexactly")
         finally:
             if zc is not None:
-                zc._want = 0
-                if gathering and len(views) < n:
-                    # Cancelled (or failed) before the frame was complete:
-                    # what arrived of it is queued again, in order.
-                    zc.end_gather()
+                zc.set_read_hint(0)
+            # Cancelled (or failed) before a gathered frame was complete:
+            # what arrived of it is queued again, in order.
+            frames.done(n)
 
     async def _find_separator(self, separator: bytes) -> int:
         """Wait until ``separator`` is buffered; the offset just past it."""
@@ -284,25 +293,26 @@ class ZCStreamReader(asyncio.StreamReader):
             raise self._exception
         offset = 0
         while True:
-            buflen = len(self._views)
-            if buflen - offset >= seplen:
-                isep = self._views.find(separator, offset)
-                if isep != -1:
-                    break
-                offset = buflen + 1 - seplen
-                if offset > self._limit:
-                    raise asyncio.LimitOverrunError(
-                        "Separator is not found, and chunk exceed the limit", offset
-                    )
-            if self._eof:
+            step, at = self._frames.need_separator(separator, offset)
+            if step is Next.READY:
+                break
+            offset = at
+            if offset > self._limit:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", offset
+                )
+            if step is Next.EOF:
                 partial = self._views.take_bytes(len(self._views))
                 raise asyncio.IncompleteReadError(partial, None)
+            if step is Next.ERROR:
+                assert self._frames.error is not None
+                raise self._frames.error
             await self._wait_for_data("readuntil")
-        if isep > self._limit:
+        if at - seplen > self._limit:
             raise asyncio.LimitOverrunError(
-                "Separator is found, but chunk is longer than limit", isep
+                "Separator is found, but chunk is longer than limit", at - seplen
             )
-        return isep + seplen
+        return at
 
 
 @final
@@ -314,11 +324,11 @@ class _ZCStreamReaderProtocol(ZCProtocol, asyncio.StreamReaderProtocol):
         if reader is not None:
             reader.feed_data(data)
 
-    def _aiozc_unpin(self) -> None:
+    def memory_exhausted(self) -> None:
         # ZCTransport: every pooled buffer is held (on_exhausted='pause').
         reader = self._stream_reader  # type: ignore[attr-defined]
         if reader is not None:
-            reader._unpin()
+            reader._memory_exhausted()
 
 
 async def open_connection(

@@ -21,25 +21,23 @@ import socket
 import stat
 import warnings
 import weakref
-from asyncio.selector_events import BaseSelectorEventLoop
 from asyncio.transports import _FlowControlMixin
 from asyncio.trsock import TransportSocket
 from collections import deque
 from collections.abc import Callable, Iterable
 from asyncio import constants as _asyncio_constants
-from typing import IO, TYPE_CHECKING, Any, final
+from typing import IO, Any, Protocol, final
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._protocol import ZCProtocol
+from ._quirks import quirks_of
 from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 from ._zerocopy_send import ZeroCopySends
 
-if TYPE_CHECKING:
-    from ._server import Server
 
-__all__ = ["ZCTransport"]
+__all__ = ["ConnectionSet", "ZCTransport"]
 
 logger = logging.getLogger("aiozc")
 
@@ -69,6 +67,14 @@ _REAP_POLL_MAX = 0.05
 # this many seconds (tcp_fin_timeout's default) the socket is reset
 # instead, which drops the kernel's write queue, and the rest is released.
 _LINGER_TIMEOUT = 60.0
+
+
+class ConnectionSet(Protocol):
+    """Where a server keeps its connections: a transport adds itself when
+    made and discards itself once ``connection_lost`` has run."""
+
+    def add(self, transport: asyncio.Transport, /) -> None: ...
+    def discard(self, transport: asyncio.Transport, /) -> None: ...
 
 
 def _kind_of(protocol: asyncio.BaseProtocol) -> int:
@@ -110,7 +116,7 @@ class ZCTransport(_FlowControlMixin):
         *,
         config: ZCConfig | None = None,
         extra: dict[str, Any] | None = None,
-        server: Server | None = None,
+        connections: ConnectionSet | None = None,
         waiter: asyncio.Future[None] | None = None,
     ) -> None:
         if sock.type != socket.SOCK_STREAM:
@@ -146,11 +152,10 @@ class ZCTransport(_FlowControlMixin):
         self._rx.on_release = _weak_callback(self._on_memory_released)
         self._zc = ZeroCopySends(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
-        # libuv drops a reader after reporting EPOLLERR once (see
-        # Receiver._raise_pending_error): on uvloop, collect errors eagerly.
-        self._rx.check_error_when_drained = type(loop).__module__.startswith("uvloop")
-        # Bytes a stream reader waits for (0: none, read up to the budget);
-        # see Receiver.pump.  Set by ZCStreamReader.
+        quirks = quirks_of(loop)  # see _quirks.py
+        self._rx.check_error_when_drained = quirks.collect_errors_eagerly
+        # Bytes a consumer waits for (0: none, read up to the budget): see
+        # set_read_hint() and Receiver.pump.
         self._want = 0
         self._protocol: asyncio.BaseProtocol = protocol
         self._kind = _VIEWS
@@ -175,7 +180,7 @@ class ZCTransport(_FlowControlMixin):
         self._held: deque[bytearray | memoryview] = deque()
         # uvloop (libuv) stops an fd's poll handle on EPOLLERR, which is how
         # completions announce themselves; see _rearm().
-        self._rearm_on_errqueue = not isinstance(loop, BaseSelectorEventLoop)
+        self._rearm_on_errqueue = quirks.rearm_after_errqueue
         self._reap_timer: asyncio.TimerHandle | None = None
         self._reap_delay = _REAP_POLL_FIRST
         self._linger_deadline = 0.0
@@ -183,9 +188,10 @@ class ZCTransport(_FlowControlMixin):
         self._high_water = _HIGH_WATER
         self._low_water = _HIGH_WATER // 4
         self._protocol_paused = False
-        self._server = server
-        if server is not None:
-            server._attach(self)
+        # The connections of the server that accepted this one, if any.
+        self._connections = connections
+        if connections is not None:
+            connections.add(self)
         loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._update_reader)
         if waiter is not None:
@@ -372,27 +378,32 @@ class ZCTransport(_FlowControlMixin):
         else:
             self._read_ready_bytes()
 
-    def _pump(self, want: int) -> None:
+    def _pump(self, want: int) -> int:
         try:
             n = self._rx.pump(want)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on aiozc transport")
-            return
+            return 0
         if self._closing:
-            return  # closed by a callback: nothing more is delivered
+            return n  # closed by a callback: nothing more is delivered
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
             self._starved = True
             self._update_reader()
-            # A stream reader whose own queue holds the pooled memory (a
-            # frame bigger than max_pinned_bytes) copies it out, or it would
-            # wait forever for a release only it can make.
-            unpin = getattr(self._protocol, "_aiozc_unpin", None)
-            if unpin is not None:
-                unpin()
+            # A protocol that queues views (a stream reader waiting for a
+            # frame bigger than max_pinned_bytes) may hold the very memory
+            # it waits for: it is told, and can copy it out.
+            if self._kind == _VIEWS:
+                try:
+                    self._protocol.memory_exhausted()  # type: ignore[attr-defined]
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.memory_exhausted() call failed.")
+        return n
 
     # A stream reader that runs out of bytes would otherwise wait for the
     # loop: a future, a trip through epoll, _read_ready, then a task wake-up,
@@ -400,8 +411,17 @@ class ZCTransport(_FlowControlMixin):
     # benchmarks' floor).  When the socket is not known to be empty it
     # receives at once instead, from the reader's own task, and waits only
     # when the kernel's queue was drained, as the anyio stream does.
-    def _pull(self, want: int) -> None:
-        """Receive now, for a stream reader short of ``want`` bytes."""
+    def receive_now(self, want: int = 0) -> bool:
+        """Receive at once, for a consumer short of ``want`` bytes (0: any).
+
+        For readers that cut frames out of what :meth:`data_received
+        <aiozc.ZCProtocol.data_received>` delivers (the stream reader does):
+        instead of waiting for the event loop to report the socket readable,
+        receive now, from the caller's task, delivering to the protocol as
+        usual.  Does nothing (and returns False) when reading is paused or
+        over, or when the last receive found the socket's queue empty;
+        True if anything was received, or the end of the stream.
+        """
         if (
             self._kind != _VIEWS
             or self._closing
@@ -410,8 +430,20 @@ class ZCTransport(_FlowControlMixin):
             or self._at_eof
             or self._rx.drained
         ):
-            return
-        self._pump(want)
+            return False
+        n = self._pump(want)
+        return n > 0 or n == PUMP_EOF
+
+    def set_read_hint(self, nbytes: int) -> None:
+        """A consumer waits for ``nbytes`` more bytes (0: none in particular).
+
+        Receives made when the socket becomes readable then stop once that
+        many are delivered, rather than read ahead up to the per-event
+        budget: bytes read ahead of a big frame's end would be pieces to
+        join, where left in the kernel they can be received whole
+        (:meth:`gather`).
+        """
+        self._want = nbytes if nbytes > 0 else 0
 
     def _read_ready_bytes(self) -> None:
         try:
@@ -1059,9 +1091,9 @@ class ZCTransport(_FlowControlMixin):
                 self._linger()
             else:
                 self._close_socket()
-            server, self._server = self._server, None
-            if server is not None:
-                server._detach(self)
+            connections, self._connections = self._connections, None
+            if connections is not None:
+                connections.discard(self)
 
     def _linger(self) -> None:
         # abort() or a fatal error with zerocopy sends the kernel has not

@@ -31,7 +31,6 @@ Install with ``pip install 'aiozc[anyio]'``.
 
 from __future__ import annotations
 
-import asyncio
 
 try:
     import anyio
@@ -64,6 +63,8 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
+from ._framereader import FrameReader, Next
+from ._quirks import running_quirks
 from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 
@@ -144,14 +145,6 @@ def _check_listening(sock: socket.socket) -> None:
         raise ValueError("the socket must be listening (call listen() first)")
 
 
-def _running_on_uvloop() -> bool:
-    try:
-        loop = asyncio.get_running_loop()  # raises under trio: no asyncio loop
-    except RuntimeError:
-        return False
-    return type(loop).__module__.startswith("uvloop")
-
-
 @final
 class ZCSocketStream(SocketStream):
     """An anyio socket stream that receives with ``TCP_ZEROCOPY_RECEIVE``.
@@ -181,15 +174,17 @@ class ZCSocketStream(SocketStream):
         sock.setblocking(False)
         self._sock = sock
         self._config = config if config is not None else ZCConfig()
-        self._buf = ViewBuffer()
+        # The queue and everything about cutting frames from it; this class
+        # turns the frame reader's answers into awaits (see _framereader).
+        self._frames = FrameReader()
+        self._buf = self._frames.buffer
         self._rx = Receiver(sock.fileno(), self._config, self._buf.append)
+        self._frames.connect(self._gather, self._rx.end_gather)
         self._rx.on_release = self._on_release
         # On uvloop, wait_readable is libuv's poll, which goes silent after
         # a reset (see Receiver._raise_pending_error).
-        self._rx.check_error_when_drained = _running_on_uvloop()
+        self._rx.check_error_when_drained = running_quirks().collect_errors_eagerly
         self._freed = False  # on_release fired since the last pump
-        self._eof = False  # the engine reached the peer's FIN
-        self._error: OSError | None = None  # the engine's socket error
         self._receive_guard = ResourceGuard("reading from")
         self._receiving = False  # a receive is waiting in _fill()
         self._send_guard = ResourceGuard("writing to")
@@ -313,23 +308,11 @@ class ZCSocketStream(SocketStream):
             return buf.take(nbytes)
         with self._receive_guard:
             self._receiving = True
-            # A big frame: the engine receives its rest straight into one
-            # buffer (Receiver.gather) instead of it being assembled later.
-            gathering = (
-                not self._eof
-                and self._error is None
-                and not self._closed
-                and buf.gather(self._rx, nbytes)
-            )
             try:
                 if not await self._fill(nbytes, yield_if_ready=False):
                     raise IncompleteRead
             finally:
                 self._receiving = False
-                if gathering and len(buf) < nbytes:
-                    # Cancelled or failed before the frame was complete:
-                    # what arrived of it is queued again, in order.
-                    self._rx.end_gather()
             return buf.take(nbytes)
 
     async def _fill(self, nbytes: int, yield_if_ready: bool = True) -> bool:
@@ -337,7 +320,8 @@ class ZCSocketStream(SocketStream):
 
         Always a cancellation point: it waits for the socket, or else
         passes one checkpoint before returning.  Cancelled, it keeps
-        everything it received queued.
+        everything it received queued (a big frame being received whole
+        gives back what arrived of it: FrameReader.done).
 
         With ``yield_if_ready=False`` (the view methods), bytes already
         queued are returned after checking for cancellation only, without
@@ -345,55 +329,55 @@ class ZCSocketStream(SocketStream):
         ``BufferedByteReceiveStream.receive_exactly`` does.  Yielding twice
         per frame (header, body) was a third of the CPU per 32 KiB frame.
         """
-        buf = self._buf
+        frames = self._frames
         rx = self._rx
         waited = False
-        compacted = False
         unyielded = 0  # bytes pumped since the last time this task yielded
-        while len(buf) < nbytes:
-            if self._closed:
-                raise ClosedResourceError
-            if self._error is not None:
-                raise BrokenResourceError from self._error
-            if self._eof:
-                break
-            before = len(buf)
-            self._freed = False
-            try:
-                # Read no further than needed (see Receiver.pump).
-                got = rx.pump(nbytes - before)
-            except OSError as exc:
-                # Bytes received before the error are queued; the error is
-                # raised once they are read (or cannot complete a frame).
-                self._error = exc
-                continue
-            if got == PUMP_EOF:
-                self._eof = True
-            elif len(buf) > before:
-                compacted = False
-                unyielded += len(buf) - before
-                if rx.drained and len(buf) < nbytes:
-                    # The kernel's queue is empty: wait for more now rather
-                    # than pump() once more only to hear so.
+        try:
+            while (step := frames.need(nbytes)) is not Next.READY:
+                if self._closed:
+                    raise ClosedResourceError
+                if step is Next.ERROR:
+                    raise BrokenResourceError from frames.error
+                if step is Next.EOF:
+                    break
+                if step is Next.WAIT_MEMORY:
+                    await self._wait_for_memory()
+                    frames.released()
+                    waited = True
+                    continue
+                self._freed = False
+                try:
+                    # Read no further than needed (see Receiver.pump).
+                    got = rx.pump(frames.missing(nbytes))
+                except OSError as exc:
+                    # Bytes received before the error are queued; the error is
+                    # raised once they are read (or cannot complete a frame).
+                    frames.feed_error(exc)
+                    continue
+                if got == PUMP_EOF:
+                    frames.feed_eof()
+                elif got == PUMP_STARVED:
+                    frames.starved()  # frees its own memory, or WAIT_MEMORY next
+                elif got > 0:
+                    unyielded += got
+                    if rx.drained and len(frames) < nbytes:
+                        # The kernel's queue is empty: wait for more now rather
+                        # than pump() once more only to hear so.
+                        await anyio.wait_readable(self._sock)
+                        waited = True
+                        unyielded = 0
+                    elif unyielded >= _YIELD_EVERY:
+                        # A large frame and a fast peer: let the other tasks
+                        # run (cancelling here loses nothing: bytes are queued).
+                        await anyio.lowlevel.checkpoint()
+                        waited = True
+                        unyielded = 0
+                else:
                     await anyio.wait_readable(self._sock)
                     waited = True
-                    unyielded = 0
-                elif unyielded >= _YIELD_EVERY:
-                    # A large frame and a fast peer: let the other tasks run
-                    # (cancelling here loses nothing: the bytes are queued).
-                    await anyio.lowlevel.checkpoint()
-                    waited = True
-                    unyielded = 0
-            elif got == PUMP_STARVED:
-                if before and not compacted:
-                    self._compact()
-                    compacted = True
-                else:
-                    await self._wait_for_memory()
-                    waited = True
-            else:
-                await anyio.wait_readable(self._sock)
-                waited = True
+        finally:
+            frames.done(nbytes)
         if not waited:
             if yield_if_ready:
                 await anyio.lowlevel.checkpoint()
@@ -401,13 +385,12 @@ class ZCSocketStream(SocketStream):
                 await anyio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise ClosedResourceError
-        return len(buf) >= nbytes
+        return len(frames) >= nbytes
 
-    def _compact(self) -> None:
-        # Copy the queued bytes that lie in pooled memory out, so that the
-        # memory can be recycled: a partial frame must not wait for its own
-        # release.  Each byte at most once (ViewBuffer.unpin).
-        self._buf.unpin()
+    def _gather(self, buffer: ViewBuffer, nbytes: int) -> bool:
+        # FrameReader's gather: the engine receives the rest of a big frame
+        # straight into one buffer (Receiver.gather).
+        return not self._closed and buffer.gather(self._rx, nbytes)
 
     def _on_release(self) -> None:
         # The engine calls this once a view is released after pump() starved;
