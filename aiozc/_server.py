@@ -250,15 +250,23 @@ class Server(asyncio.AbstractServer):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            conn.close()
-            self._loop.call_exception_handler({
-                "message": "Error on transport creation for incoming connection",
-                "exception": exc,
-            })
+            self._creation_failed(conn, exc)
             return
         task = self._loop.create_task(self._hand_to_loop(protocol, conn))
         self._handoffs.add(task)
         task.add_done_callback(self._handoffs.discard)
+
+    def _creation_failed(
+        self, conn: socket.socket, exc: BaseException, protocol: asyncio.BaseProtocol | None = None
+    ) -> None:
+        conn.close()
+        context: dict[str, object] = {
+            "message": "Error on transport creation for incoming connection",
+            "exception": exc,
+        }
+        if protocol is not None:
+            context["protocol"] = protocol
+        self._loop.call_exception_handler(context)
 
     async def _hand_to_loop(self, protocol: asyncio.BaseProtocol, conn: socket.socket) -> None:
         # The loop's transport does not know this server, so we learn when
@@ -297,12 +305,7 @@ class Server(asyncio.AbstractServer):
             conn.close()
             raise
         except Exception as exc:
-            conn.close()
-            self._loop.call_exception_handler({
-                "message": "Error on transport creation for incoming connection",
-                "exception": exc,
-                "protocol": protocol,
-            })
+            self._creation_failed(conn, exc, protocol)
             return
         # connection_lost may already have run (a peer that reset at once).
         if tracked and not lost:

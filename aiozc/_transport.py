@@ -26,7 +26,7 @@ from asyncio.trsock import TransportSocket
 from collections import deque
 from collections.abc import Callable, Iterable
 from asyncio import constants as _asyncio_constants
-from typing import IO, Any, Protocol, final
+from typing import IO, TYPE_CHECKING, Any, Protocol, final
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
@@ -103,6 +103,10 @@ class ZCTransport(_FlowControlMixin):
     through :func:`aiozc.create_connection` and friends rather than directly.
     """
 
+    if TYPE_CHECKING:  # _FlowControlMixin's, missing from typeshed's stub
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
+
     # loop.sendfile(transport, file) on asyncio's own loops: they copy the
     # file through write() (their native path needs a selector transport's
     # internals).  aiozc's loops call sendfile() below, which does not copy.
@@ -158,6 +162,9 @@ class ZCTransport(_FlowControlMixin):
         # set_read_hint() and Receiver.pump.
         self._want = 0
         self._protocol: asyncio.BaseProtocol = protocol
+        # What recv() brought a plain Protocol/BufferedProtocol (in stats).
+        self._plain_bytes = 0
+        self._plain_calls = 0
         self._kind = _VIEWS
         self.set_protocol(protocol)
         self._closing = False
@@ -185,9 +192,6 @@ class ZCTransport(_FlowControlMixin):
         self._reap_delay = _REAP_POLL_FIRST
         self._linger_deadline = 0.0
         self._lost = False  # connection_lost() called
-        self._high_water = _HIGH_WATER
-        self._low_water = _HIGH_WATER // 4
-        self._protocol_paused = False
         # The connections of the server that accepted this one, if any.
         self._connections = connections
         if connections is not None:
@@ -217,11 +221,17 @@ class ZCTransport(_FlowControlMixin):
         stats: ZCStats = self._rx.stats()
         zc = self._zc
         receive: dict[str, Any] = {}
-        if self._kind != _VIEWS:
+        if self._plain_calls:  # received for a plain protocol, not by the engine
             receive = {
-                "mode": "copy",
-                "fallback_reason": "the protocol is not a ZCProtocol, so it is given copies",
+                "bytes_received": stats.bytes_received + self._plain_bytes,
+                "bytes_copied": stats.bytes_copied + self._plain_bytes,
+                "receive_calls": stats.receive_calls + self._plain_calls,
             }
+        if self._kind != _VIEWS:
+            receive.update(
+                mode="copy",
+                fallback_reason="the protocol is not a ZCProtocol, so it is given copies",
+            )
         return dataclasses.replace(
             stats,
             **receive,
@@ -373,10 +383,7 @@ class ZCTransport(_FlowControlMixin):
                 return
             if self._closing or self._paused:
                 return
-        if self._kind == _BUFFERED:
-            self._read_ready_buffered()
-        else:
-            self._read_ready_bytes()
+        self._read_ready_plain()
 
     def _pump(self, want: int) -> int:
         try:
@@ -445,62 +452,47 @@ class ZCTransport(_FlowControlMixin):
         """
         self._want = nbytes if nbytes > 0 else 0
 
-    def _read_ready_bytes(self) -> None:
+    # A plain Protocol or BufferedProtocol: one recv() per event into its
+    # own buffer or a new bytes, as asyncio's selector transport does.  The
+    # callbacks that fail are reported as asyncio reports them.
+    def _read_ready_plain(self) -> None:
+        protocol: Any = self._protocol
+        buffered = self._kind == _BUFFERED
+        stage = "protocol.get_buffer()"
         try:
-            data = self._sock.recv(_MAX_RECV)
-        except (BlockingIOError, InterruptedError):
-            return
+            if buffered:
+                buf = protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                room = len(buf)
+            else:
+                room = _MAX_RECV
+            stage = ""
+            try:
+                if buffered:
+                    n = self._sock.recv_into(buf)
+                else:
+                    data = self._sock.recv(_MAX_RECV)
+                    n = len(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not n:
+                self._read_eof()
+                return
+            self._plain_bytes += n
+            self._plain_calls += 1
+            stage = "protocol.buffer_updated()" if buffered else "protocol.data_received()"
+            if buffered:
+                protocol.buffer_updated(n)
+            else:
+                protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on aiozc transport")
+            message = f"Fatal error: {stage} call failed." if stage else "Fatal read error on aiozc transport"
+            self._fatal_error(exc, message)
             return
-        if not data:
-            self._read_eof()
-            return
-        self._rx.note_copied(len(data))
-        try:
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-            return
-        if len(data) < _MAX_RECV:
-            self._collect_error()
-
-    def _read_ready_buffered(self) -> None:
-        protocol: asyncio.BufferedProtocol = self._protocol  # type: ignore[assignment]
-        try:
-            buf = protocol.get_buffer(-1)
-            if not len(buf):  # type: ignore[arg-type]
-                raise RuntimeError("get_buffer() returned an empty buffer")
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-            return
-        try:
-            n = self._sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on aiozc transport")
-            return
-        if not n:
-            self._read_eof()
-            return
-        self._rx.note_copied(n)
-        try:
-            protocol.buffer_updated(n)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-            return
-        if n < len(buf):  # type: ignore[arg-type]
+        if n < room:
             self._collect_error()
 
     def _collect_error(self) -> None:
@@ -953,10 +945,6 @@ class ZCTransport(_FlowControlMixin):
         sent with ``MSG_ZEROCOPY`` and not yet completed by the kernel."""
         return self._queued + self._zc.pending_bytes
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        """The (low, high) water marks of write flow control."""
-        return (self._low_water, self._high_water)
-
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Set the water marks, as asyncio does (defaults 64 KiB and high/4).
 
@@ -964,42 +952,7 @@ class ZCTransport(_FlowControlMixin):
         immutable buffers wants a high-water mark near the connection's
         bandwidth-delay product.
         """
-        if high is None:
-            high = _HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed",
-                "exception": exc, "transport": self, "protocol": self._protocol,
-            })
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    "message": "protocol.resume_writing() failed",
-                    "exception": exc, "transport": self, "protocol": self._protocol,
-                })
+        super().set_write_buffer_limits(high, low)
 
     # -- closing -------------------------------------------------------------
 

@@ -44,8 +44,8 @@ import errno
 import os
 import socket
 import warnings
-from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, NoReturn, final
 
@@ -140,6 +140,20 @@ def _check_connected(sock: socket.socket) -> None:
         raise ValueError("the socket must be connected") from exc
 
 
+async def _adopt(
+    sock_or_fd: socket.socket | int, check: Callable[[socket.socket], None]
+) -> socket.socket:
+    """``from_socket``'s part: the checked socket, after a checkpoint."""
+    sock = _stream_socket(sock_or_fd, check)
+    await anyio.lowlevel.checkpoint()
+    return sock
+
+
+def _describe(obj: object, sock: socket.socket, closed: bool, *more: str) -> str:
+    state = "closed" if closed else "open"
+    return "<" + " ".join((type(obj).__name__, f"fd={sock.fileno()}", state, *more)) + ">"
+
+
 def _check_listening(sock: socket.socket) -> None:
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError("the socket must be listening (call listen() first)")
@@ -195,13 +209,10 @@ class ZCSocketStream(SocketStream):
         cls, sock_or_fd: socket.socket | int, *, config: ZCConfig | None = None
     ) -> ZCSocketStream:
         """Wrap a connected TCP socket (or its file descriptor); takes ownership."""
-        sock = _stream_socket(sock_or_fd, _check_connected)
-        await anyio.lowlevel.checkpoint()
-        return cls(sock, config=config)
+        return cls(await _adopt(sock_or_fd, _check_connected), config=config)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<ZCSocketStream fd={self._sock.fileno()} {state} mode={self._rx.mode}>"
+        return _describe(self, self._sock, self._closed, f"mode={self._rx.mode}")
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if not self._closed:
@@ -505,13 +516,11 @@ class ZCSocketListener(SocketListener):
         cls, sock_or_fd: socket.socket | int, *, config: ZCConfig | None = None
     ) -> ZCSocketListener:
         """Wrap a bound, listening TCP socket (or its file descriptor); takes ownership."""
-        sock = _stream_socket(sock_or_fd, _check_listening)
-        await anyio.lowlevel.checkpoint()
+        sock = await _adopt(sock_or_fd, _check_listening)
         return cls(sock, config=config)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<ZCSocketListener fd={self._sock.fileno()} {state}>"
+        return _describe(self, self._sock, self._closed)
 
     @property
     def _raw_socket(self) -> socket.socket:
@@ -575,6 +584,20 @@ class ZCSocketListener(SocketListener):
         await anyio.lowlevel.checkpoint()
 
 
+@contextmanager
+def _attempt(sock: socket.socket, errors: list[OSError]) -> Iterator[None]:
+    """One address tried: an OSError is recorded (and the socket closed),
+    anything else closes the socket and propagates."""
+    try:
+        yield
+    except OSError as exc:
+        sock.close()
+        errors.append(exc)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _raise_attempts(errors: list[OSError], what: str) -> NoReturn:
     """Raise for failed attempts, one per resolved address.
 
@@ -629,7 +652,7 @@ async def connect_tcp(
                 ))
                 continue
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        try:
+        with _attempt(sock, errors):
             sock.setblocking(False)
             if bind_to is not None:
                 sock.bind(bind_to)
@@ -642,12 +665,6 @@ async def connect_tcp(
                     raise OSError(err, f"connect to {address!r}: {os.strerror(err)}") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return ZCSocketStream(sock, config=config)
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-        except BaseException:
-            sock.close()
-            raise
     _raise_attempts(errors, f"connect to {remote_host!r}:{remote_port}")
 
 
@@ -682,7 +699,7 @@ async def create_tcp_listener(
     errors: list[OSError] = []
     for fam, _type, proto, _name, address in addresses:
         sock = socket.socket(fam, socket.SOCK_STREAM, proto)
-        try:
+        with _attempt(sock, errors):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -691,10 +708,4 @@ async def create_tcp_listener(
             sock.bind(address)
             sock.listen(min(backlog, 65536))
             return ZCSocketListener(sock, config=config)
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-        except BaseException:
-            sock.close()
-            raise
     _raise_attempts(errors, f"listen on {local_host!r}")
