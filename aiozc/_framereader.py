@@ -63,7 +63,9 @@ class FrameReader:
     their pieces when complete.
     """
 
-    __slots__ = ("buffer", "eof", "error", "_gather", "_end_gather", "_gathering", "_starved_at")
+    __slots__ = (
+        "buffer", "eof", "error", "_gather", "_end_gather", "_gathering", "_asked", "_starved_at",
+    )
 
     def __init__(
         self,
@@ -80,6 +82,7 @@ class FrameReader:
         self._gather = gather
         self._end_gather = end_gather
         self._gathering = 0  # size of the frame the engine gathers, 0: none
+        self._asked = 0  # the frame size the engine was asked to gather for
         # The queue's length when receiving starved with none of the memory
         # under it (-1: not starved); anything appended since ends that.
         self._starved_at = -1
@@ -138,10 +141,14 @@ class FrameReader:
             return Next.ERROR
         if self.eof:
             return Next.EOF
-        if not self._gathering and self._gather is not None and self._gather(buffer, nbytes):
+        if self._asked != nbytes and self._gather is not None and nbytes > 1:
             # A big frame: the engine receives its rest straight into one
-            # buffer, and delivers it whole; the head moved there too.
-            self._gathering = nbytes
+            # buffer, and delivers it whole; the head moved there too.  It
+            # is asked once per wait (a refusal costs a call per receive),
+            # and not for "any bytes" (1), which never needs it.
+            self._asked = nbytes
+            if self._gather(buffer, nbytes):
+                self._gathering = nbytes
         return self._waiting()
 
     def missing(self, nbytes: int) -> int:
@@ -164,6 +171,7 @@ class FrameReader:
     def done(self, nbytes: int) -> None:
         """The wait for ``nbytes`` bytes ended, complete or not (cancelled,
         failed): a gather left open gives its bytes back to the queue."""
+        self._asked = 0
         if self._gathering:
             self._gathering = 0
             if len(self.buffer) < nbytes and self._end_gather is not None:

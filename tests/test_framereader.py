@@ -78,10 +78,13 @@ class TestGather:
         reader.done(8)
         assert ended == []
 
-    def test_a_declined_gather_is_asked_again(self) -> None:
+    def test_a_declined_gather_is_asked_once_per_wait(self) -> None:
         calls: list[int] = []
         reader = FrameReader(lambda b, n: bool(calls.append(n)), lambda: None)
         reader.need(100)
+        reader.need(100)
+        assert calls == [100]
+        reader.done(100)
         reader.need(100)
         assert calls == [100, 100]
 
