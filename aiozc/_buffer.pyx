@@ -27,7 +27,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
-from aiozc._receiver import join as _join
+from aiozc._pool import join as _join
 from aiozc._search import find as _find
 
 __all__ = ["ViewBuffer"]

@@ -1,6 +1,6 @@
 """The asyncio transport over the receive engine (:class:`ZCTransport`).
 
-Reading is the receive engine's job (``_receiver.pyx``); this module plugs
+Reading is the receive engine's job (``_engine.pyx``); this module plugs
 it into an event loop with ``add_reader``, and implements the rest of the
 asyncio ``Transport`` contract (writing, flow control, closing) the way
 CPython's selector transport does, using only public loop methods so that
@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, final
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._protocol import ZCProtocol
-from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 from ._zerocopy_send import ZeroCopySends
 

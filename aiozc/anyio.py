@@ -64,7 +64,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
-from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 
 __all__ = [

@@ -1,4 +1,4 @@
-# Type stub for the compiled receive engine (_receiver.pyx).
+# Type stub for the compiled receive engine (_engine.pyx).
 from collections.abc import Callable, Iterable
 from typing import Final, Literal, final
 
@@ -7,8 +7,6 @@ from ._stats import ZCStats
 
 PUMP_EOF: Final[int]
 PUMP_STARVED: Final[int]
-
-def join(a: memoryview, b: memoryview) -> memoryview | None: ...
 
 @final
 class Receiver:
