@@ -417,7 +417,7 @@ cdef class Receiver:
         cdef int32_t copied
         cdef uint32_t skip
         cdef int64_t t0 = 0
-        cdef Py_ssize_t got
+        cdef Py_ssize_t got, n
         cdef bint timed = self.policy.phase == PH_PROBE
 
         if not self.window_tried:
