@@ -24,13 +24,38 @@ length header with no object at all.
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
-from aiozc._receiver import join as _join
-from aiozc._search import find as _find
+from aiozc._pool import join as _join
 
 __all__ = ["ViewBuffer"]
+
+cdef extern from "<string.h>":
+    # GNU extension; Python.h defines _GNU_SOURCE on Linux.
+    void *memmem(const void *haystack, size_t hlen, const void *needle, size_t nlen) nogil
+
+
+# Separator search: memoryview has no find(), and copying each received
+# view to bytes to search it would undo the zerocopy receive.
+cdef Py_ssize_t _find(object data, bytes sep, Py_ssize_t start) except -2:
+    """Offset of the first ``sep`` in ``data`` at or after ``start``, or -1."""
+    cdef Py_buffer buf
+    cdef const char *hit
+    cdef Py_ssize_t nlen = PyBytes_GET_SIZE(sep)
+    if start < 0:
+        start = 0
+    PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+    try:
+        if start > buf.len or nlen > buf.len - start:
+            return -1
+        hit = <const char *>memmem(<const char *>buf.buf + start, buf.len - start,
+                                   PyBytes_AS_STRING(sep), nlen)
+        if hit == NULL:
+            return -1
+        return hit - <const char *>buf.buf
+    finally:
+        PyBuffer_Release(&buf)
 
 
 @cython.final
@@ -120,7 +145,7 @@ cdef class ViewBuffer:
 
     cdef object _take_joined(self, Py_ssize_t n):
         # The first n bytes span views: if each view continues the previous
-        # one in the same pooled buffer (aiozc._receiver.join), cut them as
+        # one in the same pooled buffer (aiozc._pool.join), cut them as
         # one view, no copy; else None, nothing consumed.
         cdef list views = self._views
         cdef Py_ssize_t i = self._head, k = self._first_len - self._off, last_len

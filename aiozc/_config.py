@@ -28,7 +28,7 @@ class ZCConfig:
     """
 
     # ``auto`` decides per connection, from measurement, whether mapping or
-    # copying is cheaper (see ``_receiver.pyx``, "Choosing a mode").  On the
+    # copying is cheaper (see ``_policy.pyx``, "Choosing a mode").  On the
     # project's virtual machines mapping costs ~220 us/MB of receiver CPU
     # against ~136 us/MB for copying (shared/KERNEL.md), so ``auto`` settles
     # on copying there; on bare metal the kernel's own test program reports

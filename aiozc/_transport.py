@@ -1,6 +1,6 @@
 """The asyncio transport over the receive engine (:class:`ZCTransport`).
 
-Reading is the receive engine's job (``_receiver.pyx``); this module plugs
+Reading is the receive engine's job (``_engine.pyx``); this module plugs
 it into an event loop with ``add_reader``, and implements the rest of the
 asyncio ``Transport`` contract (writing, flow control, closing) the way
 CPython's selector transport does, using only public loop methods so that
@@ -21,21 +21,20 @@ import socket
 import stat
 import warnings
 import weakref
+from asyncio import constants as _asyncio_constants
 from asyncio.transports import _FlowControlMixin
 from asyncio.trsock import TransportSocket
 from collections import deque
 from collections.abc import Callable, Iterable
-from asyncio import constants as _asyncio_constants
 from typing import IO, TYPE_CHECKING, Any, Protocol, final
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
-from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 from ._zerocopy_send import ZeroCopySends
-
 
 __all__ = ["ConnectionSet", "ZCTransport"]
 
@@ -149,15 +148,15 @@ class ZCTransport(_FlowControlMixin):
             except OSError:
                 pass
         self._config = config if config is not None else ZCConfig()
-        self._rx = Receiver(self._fd, self._config, None)
+        self._quirks = quirks = quirks_of(loop)  # see _quirks.py
+        self._rx = Receiver(self._fd, self._config, None,
+                            eager_errors=quirks.collect_errors_eagerly)
         # Weakly: the engine's pool outlives the transport while views are
         # held, and must not call into a transport the garbage collector is
         # tearing down (nor keep it alive).
         self._rx.on_release = _weak_callback(self._on_memory_released)
         self._zc = ZeroCopySends(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
-        quirks = quirks_of(loop)  # see _quirks.py
-        self._rx.check_error_when_drained = quirks.collect_errors_eagerly
         # Bytes a consumer waits for (0: none, read up to the budget): see
         # set_read_hint() and Receiver.pump.
         self._want = 0
@@ -499,7 +498,7 @@ class ZCTransport(_FlowControlMixin):
         # The plain protocols' side of Receiver._raise_pending_error: on
         # uvloop, a receive that drained the queue collects a pending reset
         # now, because libuv will not report the socket readable again.
-        if not self._rx.check_error_when_drained or self._closing:
+        if not self._quirks.collect_errors_eagerly or self._closing:
             return
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:

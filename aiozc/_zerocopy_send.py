@@ -42,8 +42,8 @@ import socket
 import struct
 from typing import Final, Literal, final
 
-from . import _receiver
 from ._config import ZCConfig
+from ._pool import is_pool_view
 from .sender import MSG_ZEROCOPY, SO_ZEROCOPY
 
 __all__ = ["ZeroCopySends", "immutable_view"]
@@ -60,12 +60,6 @@ _EE: Final = struct.Struct("=IBBBBII")
 _CMSG_SPACE: Final = socket.CMSG_SPACE(_EE.size + 28)
 _ERRQUEUE: Final = socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
 _ID_MASK: Final = 0xFFFFFFFF
-
-# The exporter behind every view the receive engine hands out: a read-only
-# byte range of a mapped region or a pooled copy slab, never written while a
-# view over it is alive (shared/KERNEL.md, docs/design.md "Memory safety").
-# Not in the engine's stub, hence getattr.
-_CHUNK: Final[type] = getattr(_receiver, "_Chunk")
 
 
 def immutable_view(data: bytes | bytearray | memoryview) -> memoryview | None:
@@ -87,7 +81,7 @@ def immutable_view(data: bytes | bytearray | memoryview) -> memoryview | None:
     if not isinstance(data, memoryview) or not data.readonly or not data.c_contiguous:
         return None
     obj = data.obj
-    if not (isinstance(obj, bytes) or type(obj) is _CHUNK):
+    if not (isinstance(obj, bytes) or is_pool_view(data)):
         return None
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:

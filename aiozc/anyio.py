@@ -31,7 +31,6 @@ Install with ``pip install 'aiozc[anyio]'``.
 
 from __future__ import annotations
 
-
 try:
     import anyio
 except ImportError as _exc:  # pragma: no cover - depends on the environment
@@ -63,9 +62,9 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._framereader import FrameReader, Next
 from ._quirks import running_quirks
-from ._receiver import PUMP_EOF, PUMP_STARVED, Receiver
 from ._stats import ZCStats
 
 __all__ = [
@@ -192,12 +191,12 @@ class ZCSocketStream(SocketStream):
         # turns the frame reader's answers into awaits (see _framereader).
         self._frames = FrameReader()
         self._buf = self._frames.buffer
-        self._rx = Receiver(sock.fileno(), self._config, self._buf.append)
+        # On uvloop, wait_readable is libuv's poll, which goes silent after
+        # a reset (see _quirks.py).
+        self._rx = Receiver(sock.fileno(), self._config, self._buf.append,
+                            eager_errors=running_quirks().collect_errors_eagerly)
         self._frames.connect(self._gather, self._rx.end_gather)
         self._rx.on_release = self._on_release
-        # On uvloop, wait_readable is libuv's poll, which goes silent after
-        # a reset (see Receiver._raise_pending_error).
-        self._rx.check_error_when_drained = running_quirks().collect_errors_eagerly
         self._freed = False  # on_release fired since the last pump
         self._receive_guard = ResourceGuard("reading from")
         self._receiving = False  # a receive is waiting in _fill()

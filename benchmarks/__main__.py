@@ -285,7 +285,7 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
              "`ZCProtocol` cuts frames from its views with `aiozc._buffer.ViewBuffer`; "
              "its streams and anyio readers use `readexactly_view` / "
              "`receive_exactly_view`. The **floor** is aiozc's engine "
-             "(`aiozc._receiver.Receiver`, `zerocopy='auto'`) driven by a blocking "
+             "(`aiozc._engine.Receiver`, `zerocopy='auto'`) driven by a blocking "
              "`select.poll` + `pump()` loop, frames cut with the same ViewBuffer: "
              "what aiozc costs without an event loop.")
     if skipped:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import aiozc
 from aiozc import ZCConfig, ZCStats
 from aiozc._buffer import ViewBuffer
-from aiozc._receiver import PUMP_EOF, Receiver as Engine
+from aiozc._engine import PUMP_EOF, Receiver as Engine
 
 from ._sender import HEADER, Job
 

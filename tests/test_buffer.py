@@ -10,8 +10,8 @@ import pytest
 
 from aiozc import ZCConfig
 from aiozc._buffer import ViewBuffer
-from aiozc._receiver import Receiver, join
-from aiozc._search import find
+from aiozc._engine import Receiver
+from aiozc._pool import is_pool_view, join
 
 
 def _split(data: bytes, rnd: random.Random) -> list[memoryview]:
@@ -135,13 +135,14 @@ class TestViewBuffer:
             view[0]
 
 
-def test_search_find() -> None:
-    data = memoryview(b"hello world")
-    assert find(data, b"o") == 4
-    assert find(data, b"o", 5) == 7
-    assert find(data, b"zz") == -1
-    assert find(data, b"d", 11) == -1
-    assert find(data, b"hello world!") == -1
+def test_find_in_one_view() -> None:
+    buf = ViewBuffer()
+    buf.append(memoryview(b"hello world"))
+    assert buf.find(b"o") == 4
+    assert buf.find(b"o", 5) == 7
+    assert buf.find(b"zz") == -1
+    assert buf.find(b"d", 11) == -1
+    assert buf.find(b"hello world!") == -1
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -167,7 +168,7 @@ def _receive_views(chunks: list[bytes]) -> tuple[list[memoryview], list[object]]
 
 
 class TestJoin:
-    """aiozc._receiver.join: one view over two that lie back to back in one buffer."""
+    """aiozc._pool.join: one view over two that lie back to back in one buffer."""
 
     def test_adjacent_receives_join_without_copy(self) -> None:
         views, keep = _receive_views([b"hello ", b"world", b"!"])
@@ -199,6 +200,19 @@ class TestJoin:
         assert rx.stats().views_outstanding == 1
         joined.release()
         assert rx.stats().views_outstanding == 0
+
+    def test_is_pool_view_tells_aiozc_memory_from_other(self) -> None:
+        views, keep = _receive_views([b"hello ", b"world"])
+        joined = join(views[0], views[1])
+        assert joined is not None
+        assert is_pool_view(views[0]) and is_pool_view(views[0][1:3]) and is_pool_view(joined)
+        assert is_pool_view(memoryview(views[1]))
+        data = b"abc"
+        assert not is_pool_view(memoryview(data))
+        assert not is_pool_view(memoryview(bytearray(data)).toreadonly())
+        assert not is_pool_view(data)
+        joined.release()
+        assert not is_pool_view(joined)  # released: no longer aiozc's memory
 
     def test_buffer_cuts_spanning_frames_by_joining(self) -> None:
         views, keep = _receive_views([b"0123", b"4567", b"89"])

@@ -45,7 +45,7 @@ error; 6. the sender reaps with the socket's timeout set to 0.
    EPOLLERR as fatal: uvloop runs the reader once more and closes the poll
    handle, so that one ``_read_ready`` must reach the error, and
    ``Receiver.pump()`` collects a pending error after a drained receive
-   only ``if self.check_error_when_drained and self._mode == MODE_COPY``.
+   only ``if self.eager_errors and self._mode == MODE_COPY``.
    Three ways past it, each leaving ECONNRESET pending in SO_ERROR,
    ``_reader_on=True`` and ``connection_lost`` never called (fd, window
    and views' memory held):

@@ -1,0 +1,49 @@
+# The choice between mapping and copying (aiozc/_policy.pyx), declared here
+# so that the engine (aiozc/_engine.pyx) reads the mode as a C field and
+# reports its samples through cdef methods.
+
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+
+cdef enum:
+    MODE_ZC = 0
+    MODE_COPY = 1
+
+cdef enum:
+    POLICY_AUTO = 0
+    POLICY_ALWAYS = 1
+    POLICY_NEVER = 2
+
+cdef enum:
+    PH_STEADY = 0
+    PH_PROBE = 1
+
+
+@cython.final
+cdef class Policy:
+    # what the engine reads on every round
+    cdef int kind             # POLICY_*: ZCConfig.zerocopy, NEVER once copying for good
+    cdef int mode             # MODE_*: how the next round receives
+    cdef int phase            # PH_*: probing ('auto' only) or steady
+    cdef object reason        # why the connection copies, or None
+    cdef uint64_t mode_switches
+    # configuration
+    cdef uint64_t probe_bytes
+    cdef uint64_t reprobe_bytes
+    cdef double min_mapped_fraction
+    # 'auto': the probe and the steady state
+    cdef int settled_mode
+    cdef int zc_wins
+    cdef uint64_t zc_bytes
+    cdef uint64_t zc_mapped
+    cdef int64_t zc_ns
+    cdef uint64_t copy_bytes
+    cdef int64_t copy_ns
+    cdef uint64_t slice_bytes
+    cdef int64_t until_reprobe
+
+    cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept
+    cdef void steady_sample(self, uint64_t mapped, uint64_t got) noexcept
+    cdef void settle(self, int mode, object reason) noexcept
+    cdef void reset_probe(self) noexcept
+    cdef void copy_for_good(self, int err, str what)

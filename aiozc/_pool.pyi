@@ -1,0 +1,6 @@
+# Type stub for the compiled page pool (_pool.pyx): its Python-visible functions.
+
+__all__ = ["join", "is_pool_view"]
+
+def join(a: memoryview, b: memoryview) -> memoryview | None: ...
+def is_pool_view(view: object) -> bool: ...

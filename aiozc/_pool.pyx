@@ -1,0 +1,515 @@
+# cython: language_level=3, freethreading_compatible=False
+"""The page pool of one connection, and the exporter behind every view.
+
+A :class:`Pool` owns a connection's mapped window (carved into regions),
+its copy slabs and its gathered-frame buffers, and counts the memory views
+pin.  A :class:`Chunk` exports one byte range of one of them as a read-only
+buffer: every view the engine (``aiozc/_engine.pyx``) hands out is a
+memoryview over a chunk.  :func:`join` makes one view of two adjacent ones,
+and :func:`is_pool_view` tells such views from any other memory.
+
+Memory safety, the one rule everything here serves
+--------------------------------------------------
+Touching a window address whose page is not mapped raises SIGBUS.  So a byte
+range of the window is zapped (``madvise(MADV_DONTNEED)``) or unmapped only
+when no exported buffer covers it.  Every view is a memoryview over a
+``Chunk``; the chunk counts its buffer exports and, when the last one goes,
+returns its region to the pool and forgets the pool, after which it refuses
+to export again (``BufferError``).  A region is zapped only when its chunk
+count is zero, and the pool (which owns the window and the copy slabs) is
+freed only when the receiver and every unreleased chunk have let go of it.
+"""
+
+cimport cython
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from cpython.memoryview cimport PyMemoryView_FromObject
+from libc.errno cimport errno
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memset
+
+from aiozc._kernel cimport (MADV_DONTNEED, MAP_FAILED, MAP_SHARED, PROT_READ,
+                            madvise, mmap, munmap)
+
+from builtins import memoryview as _MemoryView
+
+__all__ = ["join", "is_pool_view"]
+
+
+# Region states.
+cdef enum:
+    R_CLEAN = 0      # nothing mapped: may become current (TLB-clean hint ok)
+    R_CURRENT = 1    # being filled by receives, bump by bump
+    R_RETIRED = 2    # full; waits for the views over it to be released
+    R_DIRTY = 3      # released, pages still mapped: waits for a batched zap
+
+# Released regions are zapped in batches of this many (coalesced into one
+# madvise per run of adjacent regions).  One madvise costs a syscall and a
+# TLB flush of the range; 4 regions (2 MiB by default) amortise that over
+# ~60 receive calls on loopback, while bounding the mapped-but-unused memory
+# a connection keeps around to 4 regions plus the one being filled.
+cdef enum:
+    ZAP_BATCH = 4
+
+# The most copy slabs one connection keeps track of (indices are ints):
+# 2**20 slabs of the smallest size (4 x 4 KiB) is 16 GiB, beyond any bound
+# a receiver sets in practice.  The arrays grow with use, not with the bound.
+cdef Py_ssize_t MAX_SLABS = 1 << 20
+
+
+# Chunk and Pool are declared (final, with their fields and cdef methods) in
+# _pool.pxd, which the engine cimports.
+@cython.freelist(64)
+cdef class Chunk:
+    """The exporter behind one view: a byte range of a region or a slab."""
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        if self.pool is None:
+            raise BufferError(
+                "this aiozc view was released and its memory recycled; "
+                "keep the original memoryview (or a slice of it) instead"
+            )
+        # readonly=1: a request for a writable buffer raises BufferError, so
+        # every memoryview over a chunk is read-only.
+        PyBuffer_FillInfo(buf, self, self.ptr, self.size, 1, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        self.exports -= 1
+        if self.exports == 0 and self.pool is not None:
+            pool = self.pool
+            self.pool = None
+            pool.release(self.kind, self.index)
+
+    def __dealloc__(self):
+        # A chunk whose view was never made (an exception between the two)
+        # still holds its region.
+        if self.pool is not None:
+            self.pool.release(self.kind, self.index)
+            self.pool = None
+
+
+cdef class Pool:
+    """Owns the mapped window and the copy slabs, and their accounting."""
+
+    def __cinit__(self, size_t window_size, size_t region_size,
+                  size_t slab_size, Py_ssize_t max_pinned):
+        self.window = NULL
+        self.window_size = window_size
+        self.region_size = region_size
+        self.nregions = <int>(window_size // region_size)
+        self.cur_region = -1
+        self.cur_slab = -1
+        self.slab_size = slab_size
+        self.max_pinned = max_pinned
+        # At least two slabs, whatever the bound: one the application holds
+        # a partial frame in, one to receive the rest into.  The count is
+        # kept in a Py_ssize_t (a bound of sys.maxsize bytes must not wrap
+        # to a handful of slabs) and capped where the arrays' int indices
+        # end; the arrays themselves grow with use (_grow_slabs), so a huge
+        # bound costs nothing until memory is really pinned.
+        self.max_slabs = max(2, min(max_pinned // <Py_ssize_t>slab_size, MAX_SLABS))
+        self._grow_slabs(<int>min(self.max_slabs, 8))
+
+    def __dealloc__(self):
+        cdef int i
+        if self.window != NULL:
+            munmap(self.window, self.window_size)
+            self.window = NULL
+        if self.slabs != NULL:
+            for i in range(self.nslabs):
+                if self.slabs[i] != NULL:
+                    free(self.slabs[i])
+        for i in range(MAX_FRAMES):
+            free(self.fbufs[i])
+            self.fbufs[i] = NULL
+        free(self.slabs)
+        free(self.srefs)
+        free(self.sused)
+        free(self.sfaulted)
+        free(self.rrefs)
+        free(self.rstate)
+        free(self.rused)
+        free(self.clean_stack)
+
+    cdef int _grow_slabs(self, int cap) except -1:
+        """Make room in the slab arrays for ``cap`` slabs (never shrinks)."""
+        cdef char **slabs
+        cdef int *srefs
+        cdef size_t *sused
+        cdef size_t *sfaulted
+        if cap <= self.slab_cap:
+            return 0
+        slabs = <char **>realloc(self.slabs, cap * sizeof(char *))
+        if slabs == NULL:
+            raise MemoryError()
+        self.slabs = slabs
+        srefs = <int *>realloc(self.srefs, cap * sizeof(int))
+        if srefs == NULL:
+            raise MemoryError()
+        self.srefs = srefs
+        sused = <size_t *>realloc(self.sused, cap * sizeof(size_t))
+        if sused == NULL:
+            raise MemoryError()
+        self.sused = sused
+        sfaulted = <size_t *>realloc(self.sfaulted, cap * sizeof(size_t))
+        if sfaulted == NULL:
+            raise MemoryError()
+        self.sfaulted = sfaulted
+        memset(self.slabs + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(char *))
+        memset(self.srefs + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(int))
+        memset(self.sused + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(size_t))
+        memset(self.sfaulted + self.slab_cap, 0, (cap - self.slab_cap) * sizeof(size_t))
+        self.slab_cap = cap
+        return 0
+
+    cdef inline bint over_bound(self, size_t more) noexcept:
+        """True if pinning ``more`` bytes would pass max_pinned_bytes.
+
+        A connection whose views pin nothing may always receive (else a
+        bound below one buffer would stop it for good).  Unsigned, so that
+        a bound near sys.maxsize cannot overflow the sum.
+        """
+        return self.pinned != 0 and <size_t>self.pinned + more > <size_t>self.max_pinned
+
+    cdef int map_window(self, int fd) except -1:
+        """mmap the window over socket ``fd``: 0, or the errno of a failed mmap().
+
+        A failed mmap() is a result, not an exception: the errno (always
+        positive) tells the caller why to copy instead.  The only exception
+        is MemoryError, when the region arrays cannot be allocated (the
+        window is then unmapped again); -1 is its return value, hence
+        ``except -1``.
+        """
+        cdef void *addr
+        cdef int i
+        addr = mmap(NULL, self.window_size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr == MAP_FAILED:
+            return errno
+        self.rrefs = <int *>calloc(self.nregions, sizeof(int))
+        self.rstate = <unsigned char *>calloc(self.nregions, 1)
+        self.rused = <size_t *>calloc(self.nregions, sizeof(size_t))
+        self.clean_stack = <int *>calloc(self.nregions, sizeof(int))
+        if (self.rrefs == NULL or self.rstate == NULL or self.rused == NULL
+                or self.clean_stack == NULL):
+            munmap(addr, self.window_size)
+            raise MemoryError()
+        self.window = <char *>addr
+        # Stack order: region 0 on top, so a fresh connection fills the
+        # window front to back and adjacent regions retire together (which
+        # is what lets the batched zap coalesce them).
+        for i in range(self.nregions):
+            self.clean_stack[i] = self.nregions - 1 - i
+        self.nclean = self.nregions
+        return 0
+
+    cdef void release(self, int kind, int idx) noexcept:
+        self.views -= 1
+        if kind == KIND_REGION:
+            self.rrefs[idx] -= 1
+            if self.rrefs[idx] == 0:
+                self.pinned -= self.region_size
+                if self.rstate[idx] == R_RETIRED:
+                    self.rstate[idx] = R_DIRTY
+                    self.ndirty += 1
+        elif kind == KIND_SLAB:
+            self.srefs[idx] -= 1
+            if self.srefs[idx] == 0:
+                self.pinned -= self.slab_size
+                if self.closed:
+                    free(self.slabs[idx])
+                    self.slabs[idx] = NULL
+        else:
+            self.unhold_frame(idx)
+        if self.closed and self.views == 0 and self.window != NULL:
+            # The last view of a closed connection: the window (and with it
+            # the socket it maps) goes now, not when the pool is collected.
+            self._unmap()
+        if self.starved and self.on_release is not None:
+            self.starved = False
+            # This runs wherever a view is released: in any thread, inside
+            # a dealloc, inside the garbage collector.  An exception cannot
+            # propagate from here (noexcept): Cython reports it through
+            # sys.unraisablehook, as CPython does for errors in __del__.
+            self.on_release()
+
+    cdef void _unmap(self) noexcept:
+        munmap(self.window, self.window_size)
+        self.window = NULL
+
+    cdef void close(self) noexcept:
+        """Free whatever no view holds; the rest goes with its last view."""
+        cdef int i
+        self.closed = True
+        self.cur_slab = -1
+        for i in range(self.nslabs):
+            if self.slabs[i] != NULL and self.srefs[i] == 0:
+                free(self.slabs[i])
+                self.slabs[i] = NULL
+        for i in range(MAX_FRAMES):
+            if self.fbufs[i] != NULL and self.frefs[i] == 0:
+                free(self.fbufs[i])
+                self.fbufs[i] = NULL
+        if self.window != NULL:
+            for i in range(self.nregions):
+                if self.rrefs[i]:
+                    return
+            self._unmap()
+
+    # -- regions -------------------------------------------------------------
+
+    cdef void zap(self) noexcept:
+        """madvise(MADV_DONTNEED) every dirty region, one call per run."""
+        cdef int i = 0, start, j
+        cdef size_t length
+        cdef char *base
+        while i < self.nregions:
+            if self.rstate[i] != R_DIRTY:
+                i += 1
+                continue
+            start = i
+            while i < self.nregions and self.rstate[i] == R_DIRTY:
+                i += 1
+            # Only the used part of the last region of the run holds pages.
+            length = (i - 1 - start) * self.region_size + self.rused[i - 1]
+            base = self.window + start * self.region_size
+            # Dirty regions have no views and only the pump (this thread)
+            # takes regions, so nothing can reach them while the GIL is
+            # released; they become clean only once the pages are gone.
+            with nogil:
+                madvise(base, length, MADV_DONTNEED)
+            for j in range(start, i):
+                self.rused[j] = 0
+                self.rstate[j] = R_CLEAN
+                self.clean_stack[self.nclean] = j
+                self.nclean += 1
+                self.ndirty -= 1
+                self.regions_recycled += 1
+            self.zap_calls += 1
+
+    cdef size_t region_room(self, size_t min_room) noexcept:
+        """Bytes free in the current region (taking a new one if needed); 0 if none."""
+        cdef int cur = self.cur_region
+        cdef size_t room
+        if cur >= 0:
+            room = self.region_size - self.rused[cur]
+            if room >= min_room:
+                return room
+            self.cur_region = -1
+            if self.rrefs[cur] == 0:
+                self.rstate[cur] = R_DIRTY
+                self.ndirty += 1
+            else:
+                self.rstate[cur] = R_RETIRED
+        if self.ndirty >= ZAP_BATCH or (self.nclean == 0 and self.ndirty):
+            self.zap()
+        if self.nclean == 0 or self.over_bound(self.region_size):
+            return 0
+        self.nclean -= 1
+        cur = self.clean_stack[self.nclean]
+        self.rstate[cur] = R_CURRENT
+        self.cur_region = cur
+        return self.region_size
+
+    # -- slabs ---------------------------------------------------------------
+
+    cdef size_t slab_room(self, size_t want, size_t min_room) noexcept:
+        """Bytes free in the current slab (switching if needed); 0 if none.
+
+        The bytes returned are faulted in first (see _slab_room).
+        """
+        cdef size_t room = self._slab_room(want, min_room)
+        cdef int cur = self.cur_slab
+        cdef size_t end
+        if room:
+            end = self.sused[cur] + room
+            if end > self.sfaulted[cur]:
+                # Fault the pages in now, once, rather than inside the recv()
+                # into them, where 'auto' would take them for the cost of
+                # copying (the caller's clock starts after this).  Only as
+                # far as receives reach: a connection that exchanges small
+                # messages keeps reusing the start of its first slab, and
+                # its memory stays at that.
+                memset(self.slabs[cur] + self.sfaulted[cur], 0, end - self.sfaulted[cur])
+                self.sfaulted[cur] = end
+        return room
+
+    cdef size_t _slab_room(self, size_t want, size_t min_room) noexcept:
+        cdef int cur = self.cur_slab
+        cdef int i
+        cdef size_t room
+        if cur >= 0:
+            if self.srefs[cur] == 0:
+                # Nobody holds anything in it: start over at its (cache-hot)
+                # beginning.  With an application that releases each view
+                # in data_received, every recv lands in the same bytes.
+                self.sused[cur] = 0
+            room = self.slab_size - self.sused[cur]
+            if room >= min_room:
+                return room if room < want else want
+        # Another slab no view holds, else a new one; either way within the
+        # pinned bound (it will be pinned by the view made over it), except
+        # that a connection whose views pin nothing may always receive.
+        if self.over_bound(self.slab_size):
+            return 0
+        for i in range(self.nslabs):
+            if self.slabs[i] != NULL and self.srefs[i] == 0 and i != cur:
+                self.cur_slab = i
+                self.sused[i] = 0
+                return self.slab_size if self.slab_size < want else want
+        if self.nslabs >= self.max_slabs:
+            return 0
+        if self.nslabs == self.slab_cap:
+            try:
+                self._grow_slabs(<int>min(self.max_slabs, 2 * <Py_ssize_t>self.slab_cap))
+            except MemoryError:
+                return 0
+        i = self.nslabs
+        self.slabs[i] = <char *>malloc(self.slab_size)
+        if self.slabs[i] == NULL:
+            return 0
+        self.sfaulted[i] = 0
+        self.nslabs += 1
+        self.cur_slab = i
+        self.sused[i] = 0
+        return self.slab_size if self.slab_size < want else want
+
+    # -- frame buffers (Receiver.gather) ---------------------------------------
+
+    cdef int hold_frame(self, size_t size) noexcept:
+        """A pooled buffer of at least ``size`` bytes, held once; -1 if none."""
+        cdef int i, best = -1, empty = -1
+        cdef size_t cap = (size + FRAME_ROUND - 1) // FRAME_ROUND * FRAME_ROUND
+        # The frame's size comes from the peer (a length header): memory
+        # for it is reserved only within max_pinned_bytes, even when
+        # nothing else is pinned, or a 4-byte header could make every
+        # connection reserve whatever it names.  Bigger frames are received
+        # as they arrive, into ordinary buffers, under the usual bound.
+        if cap > <size_t>self.max_pinned:
+            return -1
+        for i in range(MAX_FRAMES):
+            if self.frefs[i]:
+                continue
+            if self.fbufs[i] == NULL:
+                if empty < 0:
+                    empty = i
+            elif self.fcap[i] >= size and (best < 0 or self.fcap[i] < self.fcap[best]):
+                best = i
+        if best < 0:
+            if self.over_bound(cap):
+                return -1
+            if empty < 0:
+                # Every slot holds an idle buffer too small: replace one.
+                for i in range(MAX_FRAMES):
+                    if self.frefs[i] == 0:
+                        empty = i
+                        break
+                if empty < 0:
+                    return -1
+                free(self.fbufs[empty])
+                self.fbufs[empty] = NULL
+            self.fbufs[empty] = <char *>malloc(cap)
+            if self.fbufs[empty] == NULL:
+                return -1
+            # Fault it in now, once: the buffer is reused frame after frame.
+            memset(self.fbufs[empty], 0, cap)
+            self.fcap[empty] = cap
+            best = empty
+        elif self.over_bound(self.fcap[best]):
+            return -1
+        self.frefs[best] = 1
+        self.pinned += self.fcap[best]
+        return best
+
+    cdef void unhold_frame(self, int idx) noexcept:
+        self.frefs[idx] -= 1
+        if self.frefs[idx] == 0:
+            self.pinned -= self.fcap[idx]
+            if self.closed:
+                free(self.fbufs[idx])
+                self.fbufs[idx] = NULL
+
+    # -- views ---------------------------------------------------------------
+
+    cdef object view(self, int kind, int idx, char *ptr, Py_ssize_t size):
+        cdef Chunk chunk = Chunk.__new__(Chunk)
+        chunk.pool = self
+        chunk.ptr = ptr
+        chunk.size = size
+        chunk.kind = kind
+        chunk.index = idx
+        self.views += 1
+        if kind == KIND_REGION:
+            if self.rrefs[idx] == 0:
+                self.pinned += self.region_size
+            self.rrefs[idx] += 1
+        elif kind == KIND_SLAB:
+            if self.srefs[idx] == 0:
+                self.pinned += self.slab_size
+            self.srefs[idx] += 1
+        else:
+            # Frame buffers are held (and counted as pinned) from gather().
+            self.frefs[idx] += 1
+        return PyMemoryView_FromObject(chunk)
+
+
+# A frame that spans two receives is usually in two views over one pooled
+# buffer: consecutive copy receives fill a slab front to back, and
+# consecutive mapped receives fill a region page after page.  Where the
+# second view starts at the byte after the first one's end, one view over
+# both is a new chunk of the same buffer: the frame needs no assembly.
+# Views over other memory, or not adjacent (a copy-buffer view between two
+# mapped ones, a switch of slab or region), are left to the caller to copy.
+
+def join(a, b):
+    """One read-only view over ``a`` then ``b`` if ``b`` continues ``a`` in
+    the same pooled buffer, else None.  ``a`` and ``b`` stay valid (the
+    caller releases them as usual)."""
+    cdef object oa, ob
+    cdef Chunk ca, cb
+    cdef Py_buffer ba, bb
+    cdef char *start
+    cdef Py_ssize_t total
+    cdef bint adjacent
+    if type(a) is not _MemoryView or type(b) is not _MemoryView:
+        return None
+    oa = a.obj
+    ob = b.obj
+    if type(oa) is not Chunk or type(ob) is not Chunk:
+        return None
+    ca = <Chunk>oa
+    cb = <Chunk>ob
+    if (ca.pool is None or ca.pool is not cb.pool or ca.kind != cb.kind
+            or ca.index != cb.index):
+        return None
+    PyObject_GetBuffer(a, &ba, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(b, &bb, PyBUF_SIMPLE)
+        try:
+            adjacent = <char *>ba.buf + ba.len == <char *>bb.buf
+            start = <char *>ba.buf
+            total = ba.len + bb.len
+        finally:
+            PyBuffer_Release(&bb)
+    finally:
+        PyBuffer_Release(&ba)
+    if not adjacent:
+        return None
+    return ca.pool.view(ca.kind, ca.index, start, total)
+
+
+def is_pool_view(view):
+    """True if ``view`` is a memoryview exported by an aiozc :class:`Chunk`.
+
+    Such a view (or a slice of it) is memory aiozc handed out: read-only,
+    and never written while a view over it is alive (shared/KERNEL.md,
+    docs/design.md "Memory safety").  False for anything else, and for a
+    released view.
+    """
+    if type(view) is not _MemoryView:
+        return False
+    try:
+        obj = view.obj
+    except ValueError:  # released
+        return False
+    return type(obj) is Chunk
