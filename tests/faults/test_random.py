@@ -286,18 +286,37 @@ def test_reader_splits(run: Any, links_by_name: list[Link], tally: Tally, link_a
         return got
 
     async def read_all(reader: aiozc.ZCStreamReader, writer: asyncio.StreamWriter) -> int:
+        # A watchdog, not a wait_for() per read: wait_for costs a task per
+        # call, 97% of a 1-byte read's time, and hypothesis often draws
+        # 1-byte reads of MiBs (a million reads: 15 s an example idle, and
+        # a whole test past its timeout on a loaded machine).
+        loop = asyncio.get_running_loop()
+        at = [0, 0, ""]  # reads started, bytes got, the read in progress
+        reading = asyncio.ensure_future(read_through(reader, at))
+        last, since = list(at), loop.time()
+        while not reading.done():
+            await asyncio.wait([reading], timeout=0.5)
+            if at != last:
+                last, since = list(at), loop.time()
+            elif loop.time() - since > STALL and not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+                raise AssertionError(
+                    f"read {at[0]} ({at[2]}) stalled at {at[1]} of {total} bytes: "
+                    f"{_state(writer.transport)}, reader {reader!r}")
+        return reading.result()
+
+    async def read_through(reader: aiozc.ZCStreamReader, at: list[Any]) -> int:
         expected = Stream(seed)
         got = 0
         i = 0
         while True:
             method, n = reads[i % len(reads)]
             i += 1
+            at[0], at[2] = i, f"{method} {n}"
             try:
-                result = await asyncio.wait_for(getattr(reader, method)(n), STALL)
-            except TimeoutError:
-                raise AssertionError(
-                    f"read {i} ({method} {n}) stalled at {got} of {total} bytes: "
-                    f"{_state(writer.transport)}, reader {reader!r}") from None
+                result = await getattr(reader, method)(n)
             except asyncio.IncompleteReadError as exc:
                 assert exc.partial == expected.take(len(exc.partial))
                 got += len(exc.partial)
@@ -311,6 +330,7 @@ def test_reader_splits(run: Any, links_by_name: list[Link], tally: Tally, link_a
                 assert result.readonly
             assert result == expected.take(len(result)), f"read {i} ({method} {n})"
             got += len(result)
+            at[1] = got
             if isinstance(result, memoryview):
                 result.release()
         assert reader.at_eof()
