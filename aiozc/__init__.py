@@ -15,6 +15,9 @@ from ._connect import connect_accepted_socket as connect_accepted_socket
 from ._connect import create_connection as create_connection
 from ._connect import create_server as create_server
 from ._loop import new_event_loop as new_event_loop
+from ._memory import ZCMemoryStats as ZCMemoryStats
+from ._memory import memory_stats as memory_stats
+from ._memory import set_memory_limit as set_memory_limit
 from ._loop import run as run
 from ._protocol import ZCProtocol as ZCProtocol
 from ._server import Server as Server
@@ -29,6 +32,7 @@ __all__ = [
     "Server",
     "ViewBuffer",
     "ZCConfig",
+    "ZCMemoryStats",
     "ZCProtocol",
     "ZCStats",
     "ZCStreamReader",
@@ -37,9 +41,11 @@ __all__ = [
     "connect_accepted_socket",
     "create_connection",
     "create_server",
+    "memory_stats",
     "new_event_loop",
     "open_connection",
     "run",
+    "set_memory_limit",
     "start_server",
 ]
 

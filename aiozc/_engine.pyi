@@ -3,6 +3,7 @@ from collections.abc import Callable, Iterable
 from typing import Final, Literal, final
 
 from ._config import ZCConfig
+from ._pool import Budget
 from ._stats import ZCStats
 
 PUMP_EOF: Final[int]
@@ -20,7 +21,9 @@ class Receiver:
         sink: Callable[[memoryview], object] | None = ...,
         *,
         eager_errors: bool = ...,
+        budget: Budget | None = ...,
     ) -> None: ...
+    def release_idle(self) -> None: ...
     @property
     def mode(self) -> Literal["zerocopy", "copy"]: ...
     @property

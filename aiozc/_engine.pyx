@@ -36,7 +36,7 @@ from aiozc._kernel cimport (AIOZC_TCP_ZEROCOPY_RECEIVE, AIOZC_ZC_FLAG_TLB_CLEAN_
                             aiozc_touch, aiozc_zc_receive, getsockopt, recv,
                             socklen_t)
 from aiozc._policy cimport MODE_COPY, MODE_ZC, PH_PROBE, POLICY_AUTO, Policy
-from aiozc._pool cimport KIND_FRAME, KIND_REGION, KIND_SLAB, Pool
+from aiozc._pool cimport KIND_FRAME, KIND_REGION, KIND_SLAB, Budget, Pool
 
 import os as _os
 
@@ -84,7 +84,8 @@ cdef class Receiver:
     without waiting to be told (see _raise_pending_error).
     """
 
-    def __cinit__(self, int fd, config, sink=None, *, bint eager_errors=False):
+    def __cinit__(self, int fd, config, sink=None, *, bint eager_errors=False,
+                  Budget budget=None):
         self.fd = fd
         self.eager_errors = eager_errors
         self.sink = sink
@@ -93,7 +94,8 @@ cdef class Receiver:
         self.receive_size = config.receive_size
         self.copybuf_size = config.copybuf_size
         self.pool = Pool(config.window_size, config.region_size,
-                         SLAB_RECEIVES * config.receive_size, config.max_pinned_bytes)
+                         SLAB_RECEIVES * config.receive_size, config.max_pinned_bytes,
+                         budget)
         self.pause_when_exhausted = config.on_exhausted == "pause"
         self.policy = Policy(config)
 
@@ -157,6 +159,18 @@ cdef class Receiver:
             self.pool.unhold_frame(self.gidx)
             self.gidx = -1
         self.pool.close()
+
+    def release_idle(self):
+        """Give back what the connection holds but no view pins: call when it
+        has been idle (drained, nothing pending) for a moment.
+
+        Its copy slab returns to the shared store, mapped pages no view
+        covers are zapped, idle frame buffers are unmapped.  The next
+        receive takes what it needs again (and still finds clean regions
+        to map into, for the TLB-clean hint).
+        """
+        if self.fd >= 0 and self.gidx < 0 and not self.pending:
+            self.pool.release_idle()
 
     @property
     def drained(self):
@@ -584,6 +598,10 @@ cdef class Receiver:
         self.exhausted_receives += 1
         if self.pause_when_exhausted:
             self.pool.starved = True
+            if self.pool.budget is not None:
+                # Perhaps the loop's bound: then a release on any connection
+                # of the loop may be the one this one waits for.
+                self.pool.budget.starved.append(self.pool)
             return _STARVED
         # A bytes object of exactly the bytes received, shrunk in place
         # after the recv as socket.recv() does: the view's .obj is reachable

@@ -27,6 +27,37 @@ cdef enum:
 
 
 @cython.final
+cdef class SlabStore:
+    cdef size_t slab_size
+    cdef char **free_slabs     # a stack: the most recently given back on top
+    cdef size_t *free_faulted  # how much of each free slab is faulted in
+    cdef int nfree
+    cdef int cap
+    cdef Py_ssize_t in_use     # slabs taken and not given back
+    cdef Py_ssize_t demand     # the recent peak of in_use (decays)
+    cdef long long demand_at   # when demand last decayed (CLOCK_MONOTONIC ns)
+    cdef Py_ssize_t mapped     # slabs mapped: in use and free
+    cdef Py_ssize_t unmapped   # slabs given back to the OS, ever
+
+    cdef char *take(self, size_t *faulted) noexcept
+    cdef void give(self, char *slab, size_t faulted) noexcept
+    cdef void _decay(self) noexcept
+
+
+@cython.final
+cdef class Budget:
+    cdef Py_ssize_t max_pinned
+    cdef Py_ssize_t pinned
+    cdef Py_ssize_t views
+    cdef Py_ssize_t peak
+    cdef unsigned long long exhausted
+    cdef list starved          # pools that starved on this budget, to wake
+
+    cdef void wake(self) noexcept
+
+
+@cython.final
+@cython.no_gc_clear
 cdef class Pool:
     # --- the window (mapped pages) ---
     cdef char *window
@@ -50,6 +81,8 @@ cdef class Pool:
     cdef Py_ssize_t max_slabs
     cdef int cur_slab
     cdef size_t slab_size
+    cdef SlabStore store       # where slabs come from and go back to
+    cdef Budget budget         # the loop-wide bound (None: none)
     # --- accounting ---
     cdef char *fbufs[MAX_FRAMES]
     cdef size_t fcap[MAX_FRAMES]
@@ -65,7 +98,11 @@ cdef class Pool:
     cdef uint64_t regions_recycled
 
     cdef int _grow_slabs(self, int cap) except -1
-    cdef inline bint over_bound(self, size_t more) noexcept
+    cdef bint over_bound(self, size_t more) noexcept
+    cdef void pin(self, Py_ssize_t n) noexcept
+    cdef void unpin(self, Py_ssize_t n) noexcept
+    cdef void give_slab(self, int idx) noexcept
+    cdef void release_idle(self) noexcept
     cdef int map_window(self, int fd) except -1
     cdef void release(self, int kind, int idx) noexcept
     cdef void _unmap(self) noexcept

@@ -28,12 +28,213 @@ from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
-from aiozc._kernel cimport (MADV_DONTNEED, MAP_FAILED, MAP_SHARED, PROT_READ,
-                            madvise, mmap, munmap)
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from aiozc._kernel cimport (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE,
+                            MAP_SHARED, PROT_READ, PROT_WRITE, madvise, mmap, munmap)
 
 from builtins import memoryview as _MemoryView
 
-__all__ = ["join", "is_pool_view"]
+__all__ = ["Budget", "join", "is_pool_view", "slab_stores"]
+
+
+cdef char *_map_anonymous(size_t size) noexcept:
+    """Fresh private memory of ``size`` bytes (NULL if the kernel refuses).
+
+    Copy slabs and frame buffers are mapped, not malloc'd: unmapping gives
+    their pages back to the OS at once, where glibc would keep a freed
+    block of this size for reuse (its mmap threshold rises to the size of
+    the blocks freed, so 1 MiB blocks end up in the heap, and stay).
+    """
+    cdef void *addr = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return NULL if addr == MAP_FAILED else <char *>addr
+
+
+cdef long long _now_ns() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+# -- copy slabs shared by every connection -------------------------------------
+#
+# A connection needs a copy slab only while it receives and while views over
+# it are held: a drained connection whose views are released gives its slab
+# back (Pool.release_idle), and one slab no view holds goes back at once.  So
+# slabs follow the bytes in flight, not the connection count: a server with
+# 10,000 idle connections holds none.  The store keeps the slabs given back
+# for the next taker (already faulted in: a fresh slab costs its page faults
+# and zeroing), but only as many as recent demand says will be taken again:
+# demand is the peak of slabs in use, halved every DEMAND_HALF_LIFE_NS, and
+# the store keeps demand minus the slabs in use, at least KEEP_FREE (so one
+# connection that gives back and takes again at each event never maps or
+# unmaps).  Anything beyond is unmapped.
+#
+# One store per slab size, for the process: connections on every loop and
+# thread share it.  Its operations run with the GIL held (a slab is given
+# back from a buffer release, in any thread), and never hold it across a
+# system call other than munmap of a slab no one can reach.
+cdef long long DEMAND_HALF_LIFE_NS = 1000000000
+cdef enum:
+    KEEP_FREE = 2
+
+
+@cython.final
+cdef class SlabStore:
+    """The free copy slabs of one size, shared by the process's connections."""
+
+    def __cinit__(self, size_t slab_size):
+        self.slab_size = slab_size
+        self.demand_at = _now_ns()
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.nfree):
+            munmap(self.free_slabs[i], self.slab_size)
+        free(self.free_slabs)
+        free(self.free_faulted)
+
+    cdef void _decay(self) noexcept:
+        cdef long long now = _now_ns()
+        while now - self.demand_at >= DEMAND_HALF_LIFE_NS:
+            self.demand = max(self.in_use, self.demand // 2)
+            self.demand_at += DEMAND_HALF_LIFE_NS
+            if self.demand == self.in_use:
+                self.demand_at = now
+                break
+
+    cdef char *take(self, size_t *faulted) noexcept:
+        """A slab (and how much of it is faulted in); NULL if none could be mapped."""
+        cdef char *slab
+        if self.nfree:
+            self.nfree -= 1
+            slab = self.free_slabs[self.nfree]
+            faulted[0] = self.free_faulted[self.nfree]
+        else:
+            slab = _map_anonymous(self.slab_size)
+            if slab == NULL:
+                return NULL
+            faulted[0] = 0
+            self.mapped += 1
+        self.in_use += 1
+        if self.in_use > self.demand:
+            self.demand = self.in_use
+        return slab
+
+    cdef void give(self, char *slab, size_t faulted) noexcept:
+        cdef char **slabs
+        cdef size_t *sizes
+        cdef int cap
+        self.in_use -= 1
+        self._decay()
+        if self.nfree >= max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use):
+            munmap(slab, self.slab_size)
+            self.mapped -= 1
+            self.unmapped += 1
+            return
+        if self.nfree == self.cap:
+            cap = 2 * self.cap if self.cap else 16
+            slabs = <char **>realloc(self.free_slabs, cap * sizeof(char *))
+            if slabs != NULL:
+                self.free_slabs = slabs
+            sizes = <size_t *>realloc(self.free_faulted, cap * sizeof(size_t))
+            if sizes != NULL:
+                self.free_faulted = sizes
+            if slabs == NULL or sizes == NULL:
+                munmap(slab, self.slab_size)
+                self.mapped -= 1
+                self.unmapped += 1
+                return
+            self.cap = cap
+        self.free_slabs[self.nfree] = slab
+        self.free_faulted[self.nfree] = faulted
+        self.nfree += 1
+
+
+cdef dict _stores = {}
+
+
+cdef SlabStore _store_for(size_t slab_size):
+    store = _stores.get(slab_size)
+    if store is None:
+        store = _stores[slab_size] = SlabStore(slab_size)
+    return <SlabStore>store
+
+
+def slab_stores():
+    """The shared copy-slab stores: ``{slab_size: (in_use, free, mapped, unmapped)}``."""
+    cdef SlabStore store
+    out = {}
+    for size, obj in _stores.items():
+        store = <SlabStore>obj
+        out[size] = (store.in_use, store.nfree, store.mapped, store.unmapped)
+    return out
+
+
+# -- the loop-wide bound ----------------------------------------------------------
+#
+# Every connection bounds the memory its views pin (max_pinned_bytes); a
+# Budget bounds the sum over the connections that share it (one per event
+# loop: aiozc.set_memory_limit).  Past it, a connection that needs more
+# memory does what its own bound would make it do (on_exhausted: copy into
+# heap buffers of exactly the bytes received, or pause), and nothing is
+# lost.  A connection paused on the budget waits for a release anywhere in
+# the loop, so the budget keeps the starved pools and wakes them all on any
+# release; each then tries again.
+
+@cython.final
+cdef class Budget:
+    """The memory views may pin across the connections of one event loop."""
+
+    def __cinit__(self, Py_ssize_t max_pinned):
+        if max_pinned < 0:
+            raise ValueError("max_pinned_bytes must not be negative")
+        self.max_pinned = max_pinned
+        self.starved = []
+
+    @property
+    def max_pinned_bytes(self):
+        """The bound, in bytes."""
+        return self.max_pinned
+
+    @max_pinned_bytes.setter
+    def max_pinned_bytes(self, Py_ssize_t value):
+        if value < 0:
+            raise ValueError("max_pinned_bytes must not be negative")
+        self.max_pinned = value
+        self.wake()
+
+    @property
+    def bytes_pinned(self):
+        """Bytes pinned by views now, over every connection."""
+        return self.pinned
+
+    @property
+    def peak_bytes_pinned(self):
+        """The most ever pinned at once."""
+        return self.peak
+
+    @property
+    def views_outstanding(self):
+        """Views handed out and not yet released, over every connection."""
+        return self.views
+
+    @property
+    def exhausted_receives(self):
+        """Receives that found the bound reached (and copied, or paused)."""
+        return self.exhausted
+
+    cdef void wake(self) noexcept:
+        cdef Pool pool
+        if not self.starved:
+            return
+        waiting, self.starved = self.starved, []
+        for obj in waiting:
+            pool = <Pool>obj
+            if pool.starved and pool.on_release is not None:
+                pool.starved = False
+                pool.on_release()
 
 
 # Region states.
@@ -89,11 +290,12 @@ cdef class Chunk:
             self.pool = None
 
 
+@cython.no_gc_clear  # __dealloc__ gives slabs back to the store it refers to
 cdef class Pool:
     """Owns the mapped window and the copy slabs, and their accounting."""
 
     def __cinit__(self, size_t window_size, size_t region_size,
-                  size_t slab_size, Py_ssize_t max_pinned):
+                  size_t slab_size, Py_ssize_t max_pinned, Budget budget=None):
         self.window = NULL
         self.window_size = window_size
         self.region_size = region_size
@@ -101,6 +303,8 @@ cdef class Pool:
         self.cur_region = -1
         self.cur_slab = -1
         self.slab_size = slab_size
+        self.store = _store_for(slab_size)
+        self.budget = budget
         self.max_pinned = max_pinned
         # At least two slabs, whatever the bound: one the application holds
         # a partial frame in, one to receive the rest into.  The count is
@@ -119,10 +323,14 @@ cdef class Pool:
         if self.slabs != NULL:
             for i in range(self.nslabs):
                 if self.slabs[i] != NULL:
-                    free(self.slabs[i])
+                    if self.store is not None:
+                        self.give_slab(i)
+                    else:
+                        munmap(self.slabs[i], self.slab_size)
         for i in range(MAX_FRAMES):
-            free(self.fbufs[i])
-            self.fbufs[i] = NULL
+            if self.fbufs[i] != NULL:
+                munmap(self.fbufs[i], self.fcap[i])
+                self.fbufs[i] = NULL
         free(self.slabs)
         free(self.srefs)
         free(self.sused)
@@ -163,14 +371,78 @@ cdef class Pool:
         self.slab_cap = cap
         return 0
 
-    cdef inline bint over_bound(self, size_t more) noexcept:
-        """True if pinning ``more`` bytes would pass max_pinned_bytes.
+    cdef bint over_bound(self, size_t more) noexcept:
+        """True if pinning ``more`` bytes would pass max_pinned_bytes, or the
+        loop-wide budget.
 
-        A connection whose views pin nothing may always receive (else a
-        bound below one buffer would stop it for good).  Unsigned, so that
-        a bound near sys.maxsize cannot overflow the sum.
+        A connection whose views pin nothing may always receive within its
+        own bound (else a bound below one buffer would stop it for good);
+        the loop's budget has no such exception.  Unsigned, so that a bound
+        near sys.maxsize cannot overflow the sum.
         """
-        return self.pinned != 0 and <size_t>self.pinned + more > <size_t>self.max_pinned
+        cdef Budget budget = self.budget
+        if self.pinned != 0 and <size_t>self.pinned + more > <size_t>self.max_pinned:
+            return True
+        if budget is not None and <size_t>budget.pinned + more > <size_t>budget.max_pinned:
+            budget.exhausted += 1
+            return True
+        return False
+
+    cdef void pin(self, Py_ssize_t n) noexcept:
+        cdef Budget budget = self.budget
+        self.pinned += n
+        if budget is not None:
+            budget.pinned += n
+            if budget.pinned > budget.peak:
+                budget.peak = budget.pinned
+
+    cdef void unpin(self, Py_ssize_t n) noexcept:
+        cdef Budget budget = self.budget
+        self.pinned -= n
+        if budget is not None:
+            budget.pinned -= n
+            if budget.starved:
+                budget.wake()
+
+    cdef void give_slab(self, int idx) noexcept:
+        """Hand slab ``idx`` (no view over it) back to the shared store."""
+        self.store.give(self.slabs[idx], self.sfaulted[idx])
+        self.slabs[idx] = NULL
+        self.sused[idx] = 0
+        self.sfaulted[idx] = 0
+        if idx == self.cur_slab:
+            self.cur_slab = -1
+
+    # A connection that has drained its socket, and whose views are all
+    # released, should hold nothing: its memory follows the bytes in flight.
+    # The driver calls this once the connection has been idle for a moment
+    # (the asyncio transport batches it across connections; see _transport):
+    # the current slab goes back to the store, the current region retires,
+    # every released region is zapped now rather than at the next receive
+    # (which still finds clean regions, so it passes the TLB-clean hint),
+    # and idle frame buffers are unmapped.  Anything a view holds stays, and
+    # goes when the view does.
+    cdef void release_idle(self) noexcept:
+        cdef int cur = self.cur_slab
+        cdef int i
+        if cur >= 0 and self.srefs[cur] == 0:
+            self.give_slab(cur)
+        cur = self.cur_region
+        if self.window != NULL and cur >= 0 and self.rrefs[cur] == 0:
+            self.cur_region = -1
+            if self.rused[cur]:
+                self.rstate[cur] = R_DIRTY
+                self.ndirty += 1
+            else:
+                self.rstate[cur] = R_CLEAN
+                self.clean_stack[self.nclean] = cur
+                self.nclean += 1
+        if self.ndirty:
+            self.zap()
+        for i in range(MAX_FRAMES):
+            if self.fbufs[i] != NULL and self.frefs[i] == 0:
+                munmap(self.fbufs[i], self.fcap[i])
+                self.fbufs[i] = NULL
 
     cdef int map_window(self, int fd) except -1:
         """mmap the window over socket ``fd``: 0, or the errno of a failed mmap().
@@ -205,20 +477,23 @@ cdef class Pool:
 
     cdef void release(self, int kind, int idx) noexcept:
         self.views -= 1
+        if self.budget is not None:
+            self.budget.views -= 1
         if kind == KIND_REGION:
             self.rrefs[idx] -= 1
             if self.rrefs[idx] == 0:
-                self.pinned -= self.region_size
+                self.unpin(self.region_size)
                 if self.rstate[idx] == R_RETIRED:
                     self.rstate[idx] = R_DIRTY
                     self.ndirty += 1
         elif kind == KIND_SLAB:
             self.srefs[idx] -= 1
             if self.srefs[idx] == 0:
-                self.pinned -= self.slab_size
-                if self.closed:
-                    free(self.slabs[idx])
-                    self.slabs[idx] = NULL
+                self.unpin(self.slab_size)
+                if idx != self.cur_slab or self.closed:
+                    # A slab no view holds, and not being received into:
+                    # back to the store for whichever connection needs one.
+                    self.give_slab(idx)
         else:
             self.unhold_frame(idx)
         if self.closed and self.views == 0 and self.window != NULL:
@@ -244,12 +519,13 @@ cdef class Pool:
         self.cur_slab = -1
         for i in range(self.nslabs):
             if self.slabs[i] != NULL and self.srefs[i] == 0:
-                free(self.slabs[i])
-                self.slabs[i] = NULL
+                self.give_slab(i)
         for i in range(MAX_FRAMES):
             if self.fbufs[i] != NULL and self.frefs[i] == 0:
-                free(self.fbufs[i])
+                munmap(self.fbufs[i], self.fcap[i])
                 self.fbufs[i] = NULL
+        if self.budget is not None and self in self.budget.starved:
+            self.budget.starved.remove(self)
         if self.window != NULL:
             for i in range(self.nregions):
                 if self.rrefs[i]:
@@ -347,29 +623,30 @@ cdef class Pool:
             room = self.slab_size - self.sused[cur]
             if room >= min_room:
                 return room if room < want else want
-        # Another slab no view holds, else a new one; either way within the
-        # pinned bound (it will be pinned by the view made over it), except
-        # that a connection whose views pin nothing may always receive.
+        # A slab from the shared store, within the pinned bounds (it will
+        # be pinned by the view made over it), except that a connection
+        # whose views pin nothing may always receive within its own bound.
+        # The slot table holds the slabs this connection's views still pin;
+        # a slot whose slab went back to the store is reused.
         if self.over_bound(self.slab_size):
             return 0
         for i in range(self.nslabs):
-            if self.slabs[i] != NULL and self.srefs[i] == 0 and i != cur:
-                self.cur_slab = i
-                self.sused[i] = 0
-                return self.slab_size if self.slab_size < want else want
-        if self.nslabs >= self.max_slabs:
-            return 0
-        if self.nslabs == self.slab_cap:
-            try:
-                self._grow_slabs(<int>min(self.max_slabs, 2 * <Py_ssize_t>self.slab_cap))
-            except MemoryError:
+            if self.slabs[i] == NULL:
+                break
+        else:
+            if self.nslabs >= self.max_slabs:
                 return 0
-        i = self.nslabs
-        self.slabs[i] = <char *>malloc(self.slab_size)
+            if self.nslabs == self.slab_cap:
+                try:
+                    self._grow_slabs(<int>min(self.max_slabs, 2 * <Py_ssize_t>self.slab_cap))
+                except MemoryError:
+                    return 0
+            i = self.nslabs
+        self.slabs[i] = self.store.take(&self.sfaulted[i])
         if self.slabs[i] == NULL:
             return 0
-        self.sfaulted[i] = 0
-        self.nslabs += 1
+        if i == self.nslabs:
+            self.nslabs += 1
         self.cur_slab = i
         self.sused[i] = 0
         return self.slab_size if self.slab_size < want else want
@@ -406,9 +683,9 @@ cdef class Pool:
                         break
                 if empty < 0:
                     return -1
-                free(self.fbufs[empty])
+                munmap(self.fbufs[empty], self.fcap[empty])
                 self.fbufs[empty] = NULL
-            self.fbufs[empty] = <char *>malloc(cap)
+            self.fbufs[empty] = _map_anonymous(cap)
             if self.fbufs[empty] == NULL:
                 return -1
             # Fault it in now, once: the buffer is reused frame after frame.
@@ -418,15 +695,15 @@ cdef class Pool:
         elif self.over_bound(self.fcap[best]):
             return -1
         self.frefs[best] = 1
-        self.pinned += self.fcap[best]
+        self.pin(self.fcap[best])
         return best
 
     cdef void unhold_frame(self, int idx) noexcept:
         self.frefs[idx] -= 1
         if self.frefs[idx] == 0:
-            self.pinned -= self.fcap[idx]
+            self.unpin(self.fcap[idx])
             if self.closed:
-                free(self.fbufs[idx])
+                munmap(self.fbufs[idx], self.fcap[idx])
                 self.fbufs[idx] = NULL
 
     # -- views ---------------------------------------------------------------
@@ -439,13 +716,15 @@ cdef class Pool:
         chunk.kind = kind
         chunk.index = idx
         self.views += 1
+        if self.budget is not None:
+            self.budget.views += 1
         if kind == KIND_REGION:
             if self.rrefs[idx] == 0:
-                self.pinned += self.region_size
+                self.pin(self.region_size)
             self.rrefs[idx] += 1
         elif kind == KIND_SLAB:
             if self.srefs[idx] == 0:
-                self.pinned += self.slab_size
+                self.pin(self.slab_size)
             self.srefs[idx] += 1
         else:
             # Frame buffers are held (and counted as pinned) from gather().

@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, final
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
+from ._memory import budget_for
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -150,7 +151,9 @@ class ZCTransport(_FlowControlMixin):
         self._config = config if config is not None else ZCConfig()
         self._quirks = quirks = quirks_of(loop)  # see _quirks.py
         self._rx = Receiver(self._fd, self._config, None,
-                            eager_errors=quirks.collect_errors_eagerly)
+                            eager_errors=quirks.collect_errors_eagerly,
+                            budget=budget_for(loop))
+        self._pumps = 0  # engine pumps so far: an idle connection's count stands still
         # Weakly: the engine's pool outlives the transport while views are
         # held, and must not call into a transport the garbage collector is
         # tearing down (nor keep it alive).
@@ -385,6 +388,7 @@ class ZCTransport(_FlowControlMixin):
         self._read_ready_plain()
 
     def _pump(self, want: int) -> int:
+        self._pumps += 1
         try:
             n = self._rx.pump(want)
         except (SystemExit, KeyboardInterrupt):
@@ -394,6 +398,8 @@ class ZCTransport(_FlowControlMixin):
             return 0
         if self._closing:
             return n  # closed by a callback: nothing more is delivered
+        if self._rx.drained:
+            _sweeper_for(self._loop).note(self)
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -1035,6 +1041,7 @@ class ZCTransport(_FlowControlMixin):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
+            _sweeper_for(self._loop).forget(self)
             self._rx.on_release = None
             self._rx.close()
             if self._zc.pending:
@@ -1092,6 +1099,55 @@ class ZCTransport(_FlowControlMixin):
         # Nothing can complete once the fd is gone: whatever is still held
         # is released here (nothing, unless the linger expired).
         self._zc.release_all()
+
+
+# -- idle connections give their memory back -------------------------------------
+#
+# A connection whose last receive drained the socket, and that has not
+# received since, gives back what no view pins (Receiver.release_idle: its
+# copy slab to the shared store, its released mapped pages zapped).  Not at
+# once: a busy connection drains the socket at most events, and giving back
+# and taking again at each would cost it (a zap per event where batches of
+# four regions amortise the TLB flush).  A per-loop sweeper notes drained
+# connections and, IDLE_AFTER seconds later, releases those whose pump count
+# has not moved: one timer per loop, whatever the number of connections.
+_IDLE_AFTER = 0.05
+
+
+@final
+class _IdleSweeper:
+    # Holds no reference to its loop (it is the value of a weak-keyed
+    # mapping from the loop), and forgets a transport once it is lost.
+    def __init__(self) -> None:
+        self._noted: dict[ZCTransport, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, transport: ZCTransport) -> None:
+        self._noted[transport] = transport._pumps
+        if self._timer is None:
+            self._timer = transport._loop.call_later(_IDLE_AFTER, self._sweep)
+
+    def forget(self, transport: ZCTransport) -> None:
+        self._noted.pop(transport, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        noted, self._noted = self._noted, {}
+        for transport, pumps in noted.items():
+            if transport._pumps == pumps and not transport._closing:
+                transport._rx.release_idle()
+
+
+_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleSweeper] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sweeper_for(loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
+    sweeper = _sweepers.get(loop)
+    if sweeper is None:
+        sweeper = _sweepers[loop] = _IdleSweeper()
+    return sweeper
 
 
 # os.sendfile() sends at most this much per call (the kernel caps a call

@@ -64,6 +64,7 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._framereader import FrameReader, Next
+from ._memory import running_budget
 from ._quirks import running_quirks
 from ._stats import ZCStats
 
@@ -194,7 +195,8 @@ class ZCSocketStream(SocketStream):
         # On uvloop, wait_readable is libuv's poll, which goes silent after
         # a reset (see _quirks.py).
         self._rx = Receiver(sock.fileno(), self._config, self._buf.append,
-                            eager_errors=running_quirks().collect_errors_eagerly)
+                            eager_errors=running_quirks().collect_errors_eagerly,
+                            budget=running_budget())
         self._frames.connect(self._gather, self._rx.end_gather)
         self._rx.on_release = self._on_release
         self._freed = False  # on_release fired since the last pump
@@ -374,7 +376,7 @@ class ZCSocketStream(SocketStream):
                     if rx.drained and len(frames) < nbytes:
                         # The kernel's queue is empty: wait for more now rather
                         # than pump() once more only to hear so.
-                        await anyio.wait_readable(self._sock)
+                        await self._wait_readable()
                         waited = True
                         unyielded = 0
                     elif unyielded >= _YIELD_EVERY:
@@ -384,7 +386,7 @@ class ZCSocketStream(SocketStream):
                         waited = True
                         unyielded = 0
                 else:
-                    await anyio.wait_readable(self._sock)
+                    await self._wait_readable()
                     waited = True
         finally:
             frames.done(nbytes)
@@ -396,6 +398,17 @@ class ZCSocketStream(SocketStream):
             if self._closed:
                 raise ClosedResourceError
         return len(frames) >= nbytes
+
+    async def _wait_readable(self) -> None:
+        # The socket is drained.  A stream that waits with nothing queued is
+        # idle as far as its memory goes: what no view pins goes back now
+        # (Receiver.release_idle), so that idle connections hold nothing.
+        # (The asyncio transport waits IDLE_AFTER first; a stream has no
+        # loop of its own to time that on, and giving back a slab the next
+        # receive takes again costs two list operations.)
+        if not len(self._buf):
+            self._rx.release_idle()
+        await anyio.wait_readable(self._sock)
 
     def _gather(self, buffer: ViewBuffer, nbytes: int) -> bool:
         # FrameReader's gather: the engine receives the rest of a big frame

@@ -1,0 +1,123 @@
+"""Memory across connections: the loop-wide bound and its figures.
+
+Each connection bounds the memory its views pin (``ZCConfig.max_pinned_bytes``);
+a server with thousands of connections also wants a bound on the sum.  Every
+connection of one event loop (asyncio or uvloop; for ``aiozc.anyio`` on
+trio, one trio run) shares one :class:`~aiozc._pool.Budget`:
+:func:`set_memory_limit` sets its bound, :func:`memory_stats` reports it,
+together with the process's shared copy-slab stores (idle connections hold
+no slab: see ``_pool.pyx``).  Past the loop's bound a connection does what
+its own ``on_exhausted`` says (copy into heap buffers of exactly the bytes
+received, or pause until a view is released anywhere in the loop), and
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from typing import final
+
+from ._pool import Budget, slab_stores
+
+__all__ = ["ZCMemoryStats", "budget_for", "memory_stats", "running_budget", "set_memory_limit"]
+
+#: The loop-wide bound when none was set: none (each connection's own bound
+#: still holds).  A server that lets applications hold views should set one.
+UNBOUNDED = (1 << 63) - 1
+
+_budgets: weakref.WeakKeyDictionary[object, Budget] = weakref.WeakKeyDictionary()
+
+
+def budget_for(key: object) -> Budget:
+    """The budget of an event loop (or of a trio run, keyed by its token)."""
+    budget = _budgets.get(key)
+    if budget is None:
+        budget = _budgets[key] = Budget(UNBOUNDED)
+    return budget
+
+
+def _loop_key() -> object:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        import trio.lowlevel
+
+        return trio.lowlevel.current_trio_token()
+    except (ImportError, RuntimeError):
+        raise RuntimeError(
+            "no event loop is running: pass loop=, or call this from a coroutine"
+        ) from None
+
+
+def running_budget() -> Budget:
+    """The budget of whatever runs the current task (asyncio loop or trio run)."""
+    return budget_for(_loop_key())
+
+
+def set_memory_limit(
+    max_pinned_bytes: int | None, *, loop: asyncio.AbstractEventLoop | None = None
+) -> None:
+    """Bound the memory views may pin over every connection of a loop.
+
+    ``loop`` defaults to the running loop (or the running trio run, for
+    ``aiozc.anyio``).  ``None`` removes the bound.  Lowering it below what
+    is pinned now takes effect as views are released; raising it wakes
+    connections paused on it.
+    """
+    if max_pinned_bytes is not None and max_pinned_bytes < 0:
+        raise ValueError("max_pinned_bytes must not be negative (None: no bound)")
+    budget = budget_for(loop if loop is not None else _loop_key())
+    budget.max_pinned_bytes = UNBOUNDED if max_pinned_bytes is None else max_pinned_bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ZCMemoryStats:
+    """A snapshot of the memory aiozc holds for one loop, and for the process."""
+
+    #: Memory (mapped pages, pooled buffers) pinned by views now, over every
+    #: connection of the loop.
+    bytes_pinned: int
+    #: The most ever pinned at once on the loop.
+    peak_bytes_pinned: int
+    #: The loop-wide bound (``set_memory_limit``); None if there is none.
+    max_pinned_bytes: int | None
+    #: Views handed out and not yet released, over the loop's connections.
+    views_outstanding: int
+    #: Receives that found the loop-wide bound reached (then copied or paused).
+    exhausted_receives: int
+    #: Copy slabs in use by connections, over the whole process.
+    slabs_in_use: int
+    #: Copy slabs kept free for the next taker (trimmed to recent demand).
+    slabs_free: int
+    #: Bytes of copy slabs mapped (in use and free), over the process.
+    slab_bytes: int
+    #: Copy slabs given back to the operating system so far.
+    slabs_returned: int
+
+
+def memory_stats(*, loop: asyncio.AbstractEventLoop | None = None) -> ZCMemoryStats:
+    """The memory figures of a loop (default: the running one) and the process."""
+    budget = budget_for(loop if loop is not None else _loop_key())
+    in_use = free = mapped = returned = 0
+    for size, (used, idle, maps, unmapped) in slab_stores().items():
+        in_use += used
+        free += idle
+        mapped += maps * size
+        returned += unmapped
+    bound = budget.max_pinned_bytes
+    return ZCMemoryStats(
+        bytes_pinned=budget.bytes_pinned,
+        peak_bytes_pinned=budget.peak_bytes_pinned,
+        max_pinned_bytes=None if bound == UNBOUNDED else bound,
+        views_outstanding=budget.views_outstanding,
+        exhausted_receives=budget.exhausted_receives,
+        slabs_in_use=in_use,
+        slabs_free=free,
+        slab_bytes=mapped,
+        slabs_returned=returned,
+    )
