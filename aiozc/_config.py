@@ -29,9 +29,10 @@ class ZCConfig:
 
     # ``auto`` decides per connection, from measurement, whether mapping or
     # copying is cheaper (see ``_policy.pyx``, "Choosing a mode").  On the
-    # project's virtual machines mapping costs ~220 us/MB of receiver CPU
-    # against ~136 us/MB for copying (shared/KERNEL.md), so ``auto`` settles
-    # on copying there; on bare metal the kernel's own test program reports
+    # project's virtual machines mapping costs ~154 us/MB of receiver CPU
+    # against ~127 us/MB for copying, ~332 against ~215 once every byte is
+    # read (docs/kernel.md, "What it costs here"), so ``auto`` settles on
+    # copying there; on bare metal the kernel's own test program reports
     # the reverse, and ``auto`` maps.
     zerocopy: ZerocopyPolicy = "auto"
 
@@ -120,7 +121,7 @@ class ZCConfig:
     # ``python -m benchmarks.send_threshold`` (docs/send_threshold.md) on a
     # path where nothing copies a zerocopy send (UDP into a veth whose peer
     # is down), sender CPU per send: plain 2.0 us + 0.064 us/KiB; zerocopy
-    # through this module's ZeroCopySends, reaped after every send,
+    # through aiozc's ZeroCopySendTracker, reaped after every send,
     # 4.4 us + 0.009 us/KiB.  They cross at 44.5 KiB, and every further
     # microsecond per send moves the crossing by 18 KiB.  A transport that
     # gets one write per event-loop iteration also pays one wake-up per

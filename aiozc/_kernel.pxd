@@ -1,6 +1,8 @@
 # The kernel interface aiozc needs, declared once: the TCP_ZEROCOPY_RECEIVE
 # argument block, and the handful of libc calls around it.  See
-# shared/KERNEL.md (and the kernel's net/ipv4/tcp.c) for what each field does.
+# docs/kernel.md ("struct tcp_zerocopy_receive", "What one call does", and
+# "Kernel versions" for which kernel has which field) and the kernel's
+# net/ipv4/tcp.c for what each field does.
 
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 

@@ -781,9 +781,9 @@ def is_pool_view(view):
     """True if ``view`` is a memoryview exported by an aiozc :class:`Chunk`.
 
     Such a view (or a slice of it) is memory aiozc handed out: read-only,
-    and never written while a view over it is alive (shared/KERNEL.md,
-    docs/design.md "Memory safety").  False for anything else, and for a
-    released view.
+    and never written while a view over it is alive (docs/kernel.md, "The
+    SIGBUS hazard"; docs/design.md "Memory safety").  False for anything
+    else, and for a released view.
     """
     if type(view) is not _MemoryView:
         return False

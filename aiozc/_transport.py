@@ -35,7 +35,7 @@ from ._memory import budget_for
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
-from ._zerocopy_send import ZeroCopySends
+from ._zerocopy_send import ZeroCopySendTracker
 
 __all__ = ["ConnectionSet", "ZCTransport"]
 
@@ -158,7 +158,7 @@ class ZCTransport(_FlowControlMixin):
         # held, and must not call into a transport the garbage collector is
         # tearing down (nor keep it alive).
         self._rx.on_release = _weak_callback(self._on_memory_released)
-        self._zc = ZeroCopySends(sock, self._config)
+        self._zc = ZeroCopySendTracker(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
         # Bytes a consumer waits for (0: none, read up to the budget): see
         # set_read_hint() and Receiver.pump.
@@ -547,7 +547,7 @@ class ZCTransport(_FlowControlMixin):
     #
     # A write goes one of two ways.  An immutable buffer (bytes, or a
     # read-only view aiozc handed out) of send_zerocopy_threshold bytes or
-    # more goes zerocopy: ZeroCopySends sends it with MSG_ZEROCOPY and holds
+    # more goes zerocopy: ZeroCopySendTracker sends it with MSG_ZEROCOPY and holds
     # it until the kernel's completion, and what the socket does not take
     # at once is queued as a view of it, not copied.  Anything else goes as
     # asyncio's transports send it: what the socket does not take is copied

@@ -1,4 +1,4 @@
-"""``MSG_ZEROCOPY`` sends for :class:`~aiozc.ZCTransport` (:class:`ZeroCopySends`).
+"""``MSG_ZEROCOPY`` sends for :class:`~aiozc.ZCTransport` (:class:`ZeroCopySendTracker`).
 
 One job: decide which writes go zerocopy, make those sends, and hold each
 one's buffer until the kernel says it is done with it.  The transport owns
@@ -6,7 +6,9 @@ the write queue, the event-loop registrations and flow control; this module
 knows nothing of event loops.
 
 The kernel contract (``Documentation/networking/msg_zerocopy.rst``, and
-``tcp_sendmsg_locked`` / ``msg_zerocopy_realloc`` in the 6.18 source):
+``tcp_sendmsg_locked`` / ``msg_zerocopy_realloc`` in the 6.18 source;
+docs/kernel.md, "MSG_ZEROCOPY completions"; the completion format itself
+is read in ``_errqueue.py``):
 
 * ``SO_ZEROCOPY`` must be set on the socket first; without it the kernel
   ignores ``MSG_ZEROCOPY`` silently (and sends no notification).
@@ -39,26 +41,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from typing import Final, Literal, final
 
 from ._config import ZCConfig
+from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY, drain_completions
 from ._pool import is_pool_view
-from .sender import MSG_ZEROCOPY, SO_ZEROCOPY
 
-__all__ = ["ZeroCopySends", "immutable_view"]
+__all__ = ["ZeroCopySendTracker", "immutable_view"]
 
-_SO_EE_ORIGIN_ZEROCOPY: Final = 5
-_SO_EE_CODE_ZEROCOPY_COPIED: Final = 1
-_IP_RECVERR: Final = 11
-_IPV6_RECVERR: Final = 25
-_RECVERR = ((socket.SOL_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR))
-# struct sock_extended_err: ee_errno u32, ee_origin u8, ee_type u8,
-# ee_code u8, ee_pad u8, ee_info u32, ee_data u32; the kernel appends the
-# offender's sockaddr (up to a sockaddr_in6) in the same cmsg.
-_EE: Final = struct.Struct("=IBBBBII")
-_CMSG_SPACE: Final = socket.CMSG_SPACE(_EE.size + 28)
-_ERRQUEUE: Final = socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
 _ID_MASK: Final = 0xFFFFFFFF
 
 
@@ -90,7 +80,7 @@ def immutable_view(data: bytes | bytearray | memoryview) -> memoryview | None:
 
 
 @final
-class ZeroCopySends:
+class ZeroCopySendTracker:
     """One socket's ``MSG_ZEROCOPY`` sends: the holds, the reaping, the policy.
 
     ``view_for(data)`` says whether a write goes zerocopy (and gives the
@@ -202,30 +192,26 @@ class ZeroCopySends:
         empty).  Stops as soon as nothing is held, which saves the
         ``recvmsg`` that would only say EAGAIN.
         """
-        sock = self._sock
         held = self._held
+        if not held:
+            return 0
         read = 0
-        while held:
-            try:
-                _, ancdata, _, _ = sock.recvmsg(0, _CMSG_SPACE, _ERRQUEUE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                # A pending socket error is reported here first (sock_error
-                # clears it); the receive or send path reports it again
-                # through its own call, or the connection is closing.
-                break
-            read += 1
-            for level, kind, payload in ancdata:
-                if (level, kind) not in _RECVERR or len(payload) < _EE.size:
-                    continue
-                ee_errno, origin, _, code, _, lo, hi = _EE.unpack_from(payload)
-                if origin == _SO_EE_ORIGIN_ZEROCOPY and ee_errno == 0:
-                    self._complete(lo, hi, code & _SO_EE_CODE_ZEROCOPY_COPIED)
+        try:
+            for completion in drain_completions(self._sock):
+                read += 1  # any message read counts: it was an EPOLLERR
+                if completion is not None:
+                    self._complete(*completion)
+                if not held:
+                    break
+        except OSError:
+            # A pending socket error is reported here first (sock_error
+            # clears it); the receive or send path reports it again
+            # through its own call, or the connection is closing.
+            pass
         self.notifications += read
         return read
 
-    def _complete(self, lo: int, hi: int, copied: int) -> None:
+    def _complete(self, lo: int, hi: int, copied: bool) -> None:
         held = self._held
         count = ((hi - lo) & _ID_MASK) + 1
         for i in range(count):

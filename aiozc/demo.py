@@ -5,7 +5,7 @@ For each event loop (the stdlib selector loop, and uvloop when installed) and
 each ``zerocopy`` policy (``'always'``, ``'auto'``) it starts an aiozc server
 on 127.0.0.1 whose :class:`~aiozc.ZCProtocol` runs ``zlib.crc32`` over every
 byte it receives, and a separate sender process that connects and sends
-``--size`` MiB with :class:`~aiozc.sender.ZeroCopySender` (``MSG_ZEROCOPY``,
+``--size`` MiB with :class:`~aiozc.testing.ZeroCopySender` (``MSG_ZEROCOPY``,
 the kind of peer whose pages the kernel can map over loopback).  It then
 prints the throughput, the share of bytes that arrived in mapped pages, the
 receiver's CPU time per MB (the sender, being another process, is excluded)
@@ -32,7 +32,7 @@ from typing import Any, Literal, TextIO, cast
 
 from . import ZCConfig, ZCProtocol, ZCStats, create_server, run
 from ._config import ZerocopyPolicy
-from .sender import ZeroCopySender
+from .testing import ZeroCopySender
 
 __all__ = ["main"]
 
@@ -403,8 +403,8 @@ def _print_summary(results: list[RunResult], failures: list[tuple[str, str, str]
           "  'us/MB' is the receiver's own CPU (user+sys, sender excluded) per MB, "
           f"including ~{crc_us_per_mb:.0f} us/MB for the demo's crc32 over every byte.", file=out)
     print("  Mapping only pays where it is cheaper than copying: on the project's VMs it is "
-          "not (~220 vs ~136 us/MB,\n"
-          "  shared/KERNEL.md), so zerocopy='auto' measures both and may settle on copy "
+          "not (~332 vs ~215 us/MB,\n"
+          "  docs/kernel.md), so zerocopy='auto' measures both and may settle on copy "
           "(see its fallback reason); on bare metal it maps.", file=out)
     out.flush()
 

@@ -9,7 +9,7 @@ What runs
 ---------
 A peer process (``multiprocessing`` 'spawn', pinned to CPU 1) connects to
 this process (pinned to CPU 0) once per run and sends, either with
-``MSG_ZEROCOPY`` (:class:`aiozc.sender.ZeroCopySender`, ``zerocopy=True``:
+``MSG_ZEROCOPY`` (:class:`aiozc.testing.ZeroCopySender`, ``zerocopy=True``:
 pages the receiving kernel can map) or with plain ``sendmsg``
 (``zerocopy=False``: pages it cannot):
 
@@ -254,9 +254,9 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
     w.append("## Method\n")
     w.append(
         "- **Peer**: a separate process (multiprocessing 'spawn') sends with "
-        "`aiozc.sender.ZeroCopySender`, either `zerocopy=True` (*MSG_ZEROCOPY sender*: "
+        "`aiozc.testing.ZeroCopySender`, either `zerocopy=True` (*MSG_ZEROCOPY sender*: "
         "the receiving kernel can map about 94% of its bytes) or `zerocopy=False` "
-        "(*plain send() sender*: nothing maps, see shared/KERNEL.md). " + pinned)
+        "(*plain send() sender*: nothing maps, see docs/kernel.md). " + pinned)
     w.append("- **Bulk**: frames of 4-byte big-endian length + payload; the receiver "
              "CRC32s every payload. Frames per run: " + ", ".join(
                  f"{_size(s)} × {per[s]} ({per[s] * s / MiB:.0f} MiB)" for s in sizes)

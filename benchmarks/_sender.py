@@ -9,9 +9,9 @@ CPU); this process (pinned to another) connects to it once per run and
   format, keeping ``RPC_WINDOW`` of them outstanding, and reads the
   receiver's 4-byte reply to each,
 
-with :class:`aiozc.sender.ZeroCopySender`, either with ``MSG_ZEROCOPY``
+with :class:`aiozc.testing.ZeroCopySender`, either with ``MSG_ZEROCOPY``
 (whose pages the receiving kernel can map) or with plain ``sendmsg`` (whose
-pages it cannot; shared/KERNEL.md).
+pages it cannot; docs/kernel.md, "Which pages map").
 
 The handshake per run keeps connection set-up off the receiver's clock:
 the parent sends a job over the pipe; the peer connects and waits; the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal
 
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 Workload = Literal["bulk", "rpc"]
 

@@ -75,7 +75,7 @@ from typing import Any
 import uvloop
 
 import aiozc
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 from ._machine import machine_info
 from ._sender import pin, pin_cpus

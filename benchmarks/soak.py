@@ -67,11 +67,11 @@ from typing import Any
 
 import aiozc
 from aiozc import ZCConfig, ZCProtocol
+from aiozc._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
 
 HOST = "127.0.0.1"
 KiB, MiB = 1 << 10, 1 << 20
 REPLY = struct.Struct("!Q32s")  # byte count, SHA-256
-SO_ZEROCOPY, MSG_ZEROCOPY = 60, 0x4000000
 
 
 def raise_nofile(need: int) -> int:

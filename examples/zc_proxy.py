@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiozc
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 MiB = 1 << 20
 

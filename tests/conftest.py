@@ -27,7 +27,7 @@ import pytest
 import uvloop
 
 from aiozc import ZCProtocol
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.SelectorEventLoop,

@@ -34,7 +34,7 @@ import pytest
 import aiozc
 import aiozc.anyio
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 from conftest import LOOPS, Peer, Run, payload, sha
 

@@ -23,7 +23,7 @@ Peers
 A peer is a thread (it enters the link's namespace with ``setns``, which
 affects only the calling thread) or, when the test must SIGKILL it, a
 process started under ``ip netns exec`` (``_peer.py``).  Peers send with
-``MSG_ZEROCOPY`` (:class:`aiozc.sender.ZeroCopySender`) unless told
+``MSG_ZEROCOPY`` (:class:`aiozc.testing.ZeroCopySender`) unless told
 otherwise, so that the receiver can map their pages.
 
 Streams
@@ -280,7 +280,7 @@ def send_stream(conn: socket.socket, seed: int, total: int, *, zerocopy: bool = 
     every zerocopy buffer (for a MSG_ZEROCOPY send over loopback or veth
     that means the receiver's socket has the bytes).
     """
-    from aiozc.sender import ZeroCopySender
+    from aiozc.testing import ZeroCopySender
 
     sender = ZeroCopySender(conn, zerocopy=zerocopy)
     stream = Stream(seed)
@@ -299,7 +299,7 @@ def send_stream(conn: socket.socket, seed: int, total: int, *, zerocopy: bool = 
 def send_writes(conn: socket.socket, seed: int, sizes: list[int], *,
                 zerocopy: bool = True) -> str:
     """Send stream ``seed`` in writes of exactly ``sizes``; returns the sha256."""
-    from aiozc.sender import ZeroCopySender
+    from aiozc.testing import ZeroCopySender
 
     sender = ZeroCopySender(conn, zerocopy=zerocopy)
     stream = Stream(seed)

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 
 from ._harness import MiB, Stream
 

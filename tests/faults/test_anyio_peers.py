@@ -231,7 +231,7 @@ async def test_trickle_then_frames(link: Link, tally: Tally) -> None:
     flood = 4 * MiB
 
     def serve(conn: socket.socket) -> None:
-        from aiozc.sender import ZeroCopySender
+        from aiozc.testing import ZeroCopySender
 
         stream = Stream(75)
         trickle(conn, stream, size * count)
@@ -258,7 +258,7 @@ async def test_burst_into_a_tiny_receive_buffer(link: Link, tally: Tally) -> Non
     burst = BURST // 4  # x3 backends: 16 MiB each keeps the suite short
 
     def serve(conn: socket.socket) -> None:
-        from aiozc.sender import ZeroCopySender
+        from aiozc.testing import ZeroCopySender
 
         sender = ZeroCopySender(conn)
         sender.send(Stream(76).take(burst))

@@ -476,7 +476,7 @@ class TestTrickle:
         flood = BULK
 
         def serve(conn: socket.socket) -> None:
-            from aiozc.sender import ZeroCopySender
+            from aiozc.testing import ZeroCopySender
 
             stream = Stream(41)
             trickle(conn, stream, self.TRICKLE)
@@ -544,7 +544,7 @@ class TestBurst:
         plain recv() too.)"""
 
         def serve(conn: socket.socket) -> str:
-            from aiozc.sender import ZeroCopySender
+            from aiozc.testing import ZeroCopySender
 
             data = Stream(51).take(BURST)
             sender = ZeroCopySender(conn)

@@ -60,12 +60,12 @@ error; 6. the sender reaps with the socket's timeout set to 0.
    c. 'auto' probing: ``_probe_sample`` switches ``_mode`` back to MODE_ZC
       in the round whose recv drained the queue (the soak, on 'auto'
       connections: 2 in 90,000 sessions, mode 'zerocopy', SO_ERROR=104).
-6. ``aiozc.sender.ZeroCopySender`` on a socket with a timeout
+6. ``aiozc.testing.ZeroCopySender`` on a socket with a timeout
    (``settimeout``, or ``socket.setdefaulttimeout``): its non-blocking reap,
    ``recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)``, goes through Python's timeout
    machinery, which polls for POLLIN before giving up: a reap that finds
    the error queue empty waits out the whole timeout, then raises
-   ``TimeoutError: timed out`` out of ``send()`` (sender.py, ``_reap``).
+   ``TimeoutError: timed out`` out of ``send()`` (aiozc/testing, ``_reap``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ import pytest
 import aiozc
 from aiozc import ZCConfig, ZCProtocol
 from aiozc.anyio import ZCSocketStream
-from aiozc.sender import ZeroCopySender
+from aiozc.testing import ZeroCopySender
 from conftest import wait_acked
 
 QUEUED = 100_000  # more than one receive takes with the default config

@@ -1,18 +1,19 @@
-"""A blocking ``MSG_ZEROCOPY`` sender: the peer whose pages aiozc can map.
+"""Test helpers for code that uses aiozc: peers the receiver can be tested against.
+
+:class:`ZeroCopySender` is a blocking ``MSG_ZEROCOPY`` sender, the far end
+of a connection in aiozc's demo, tests and benchmarks::
+
+    from aiozc.testing import ZeroCopySender
+
+    sender = ZeroCopySender(sock)          # sock: a connected TCP socket
+    sender.send(payload)                   # bytes: kept until the kernel is done
+    sender.flush()                         # wait for every completion
 
 Over loopback (or veth), data sent with ``MSG_ZEROCOPY`` reaches the
-receiver in fresh whole pages that ``TCP_ZEROCOPY_RECEIVE`` can map; data sent
-with plain ``send()`` does not (see shared/KERNEL.md).  The demo, the tests
-and the benchmarks use this class as the far end of a connection.
-
-Two kernel rules shape it:
-
-* every buffer must stay alive and unchanged until the kernel's completion
-  notification for it arrives on the socket's error queue (on loopback the
-  copy happens at delivery, long after ``sendmsg`` returned), so the sender
-  keeps a reference to each ``bytes`` object until then;
-* completions must be reaped, or ``sendmsg`` starts failing with ENOBUFS
-  once the socket's option memory is full.
+receiver in fresh whole pages that ``TCP_ZEROCOPY_RECEIVE`` can map; data
+sent with plain ``send()`` does not (docs/kernel.md, "Which pages map").
+``ZeroCopySender(sock, zerocopy=False)`` is the second kind of peer, so a
+test switches between them with one flag.
 """
 
 from __future__ import annotations
@@ -20,32 +21,34 @@ from __future__ import annotations
 import errno
 import select
 import socket
-import struct
 from collections import deque
 from typing import final
 
-__all__ = ["ZeroCopySender", "SO_ZEROCOPY", "MSG_ZEROCOPY"]
+from .._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY, drain_completions
 
-SO_ZEROCOPY = 60
-MSG_ZEROCOPY = 0x4000000
-_SO_EE_ORIGIN_ZEROCOPY = 5
-_SO_EE_CODE_ZEROCOPY_COPIED = 1
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-# struct sock_extended_err: ee_errno u32, ee_origin u8, ee_type u8,
-# ee_code u8, ee_pad u8, ee_info u32, ee_data u32.
-_EE = struct.Struct("=IBBBBII")
+__all__ = ["ZeroCopySender"]
 
 
 @final
 class ZeroCopySender:
-    """Send ``bytes`` over a connected blocking TCP socket with MSG_ZEROCOPY.
+    """Send ``bytes`` over a connected blocking TCP socket with ``MSG_ZEROCOPY``.
+
+    Two kernel rules shape it (docs/kernel.md, "MSG_ZEROCOPY completions"):
+
+    * every buffer must stay alive and unchanged until the kernel's
+      completion for it arrives on the socket's error queue (on loopback
+      the copy happens at delivery, long after ``sendmsg`` returned), so the
+      sender keeps a reference to each ``bytes`` object until then;
+    * completions must be reaped, or ``sendmsg`` starts failing with
+      ENOBUFS once the socket's option memory is full.
 
     ``zerocopy=False`` sends the same way with plain ``sendmsg`` (a peer
-    whose pages cannot be mapped), so tests can switch peers with one flag.
+    whose pages cannot be mapped).  The socket may be blocking or have a
+    timeout; reaping never waits on it.
     """
 
     def __init__(self, sock: socket.socket, *, zerocopy: bool = True) -> None:
+        """Wrap ``sock``, setting ``SO_ZEROCOPY`` on it unless ``zerocopy`` is false."""
         self._sock = sock
         self._zerocopy = zerocopy
         if zerocopy:
@@ -87,7 +90,11 @@ class ZeroCopySender:
                 self._reap(block=False)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the kernel has released every buffer sent so far."""
+        """Wait until the kernel has released every buffer sent so far.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass with no
+        completion arriving while sends are still outstanding.
+        """
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLERR)
         while self._held:
@@ -124,24 +131,14 @@ class ZeroCopySender:
                 self._sock.settimeout(timeout)
 
     def _drain_errqueue(self) -> None:
-        while True:
-            try:
-                _, ancdata, _, _ = self._sock.recvmsg(
-                    0, socket.CMSG_SPACE(_EE.size + 64), socket.MSG_ERRQUEUE
-                    | socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            for level, kind, payload in ancdata:
-                if (level, kind) not in ((socket.SOL_IP, _IP_RECVERR),
-                                         (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
-                    continue
-                ee_errno, origin, _, code, _, lo, hi = _EE.unpack_from(payload)
-                if origin != _SO_EE_ORIGIN_ZEROCOPY or ee_errno != 0:
-                    continue
-                self.completions += 1
-                if code & _SO_EE_CODE_ZEROCOPY_COPIED:
-                    self.copied_completions += 1
-                self._complete(lo, hi)
+        for completion in drain_completions(self._sock):
+            if completion is None:
+                continue
+            lo, hi, copied = completion
+            self.completions += 1
+            if copied:
+                self.copied_completions += 1
+            self._complete(lo, hi)
 
     def _complete(self, lo: int, hi: int) -> None:
         # Ids arrive as inclusive ranges, usually in order; an out-of-order
