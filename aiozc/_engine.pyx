@@ -69,6 +69,12 @@ cdef enum:
     AFTER_GATHER_RECEIVE = 16384
 
 
+# The bytes of struct tcp_zerocopy_receive up to and including copybuf_len:
+# a kernel that returns a shorter optlen did not read the copy buffer.
+cdef enum:
+    ZC_LEN_WITH_COPYBUF = 36
+
+
 cdef object _oserror(int err):
     return OSError(err, _os.strerror(err))
 
@@ -479,6 +485,14 @@ cdef class Receiver:
         self.zc_worked = True
         self._drained = self.zc.inq == 0
         mapped = self.zc.length
+        if zlen < ZC_LEN_WITH_COPYBUF and cbroom:
+            # A kernel before 5.11 read only the fields it knows (24 bytes on
+            # 5.7-5.10) and ignored the copy buffer: copybuf_len still holds
+            # what we passed in, not bytes it copied (docs/kernel.md).  Take
+            # the stragglers with recv() from now on.
+            self.zc.copybuf_len = 0
+            self.copybuf_size = 0
+            cbroom = 0
         copied = self.zc.copybuf_len if self.zc.copybuf_len > 0 else 0
         skip = self.zc.recv_skip_hint
         got = mapped + copied

@@ -570,6 +570,8 @@ cdef class Pool:
         if cur >= 0:
             room = self.region_size - self.rused[cur]
             if room >= min_room:
+                if self.rrefs[cur] == 0 and self.over_bound(self.region_size):
+                    return 0  # its next view would pin it again, past a bound
                 return room
             self.cur_region = -1
             if self.rrefs[cur] == 0:
@@ -618,7 +620,10 @@ cdef class Pool:
             if self.srefs[cur] == 0:
                 # Nobody holds anything in it: start over at its (cache-hot)
                 # beginning.  With an application that releases each view
-                # in data_received, every recv lands in the same bytes.
+                # in data_received, every recv lands in the same bytes.  Its
+                # next view pins it again: within the bounds, like a new one.
+                if self.over_bound(self.slab_size):
+                    return 0
                 self.sused[cur] = 0
             room = self.slab_size - self.sused[cur]
             if room >= min_room:

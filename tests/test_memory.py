@@ -1,0 +1,305 @@
+"""Memory across connections: idle connections hold nothing, the loop-wide
+bound holds, and a window that cannot be mapped means copying, not a crash.
+
+Over loopback against real peers, on the stdlib loop and uvloop (``run``);
+the mapped cases use MSG_ZEROCOPY peers and assert that pages mapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+import aiozc
+from aiozc import ZCConfig, ZCProtocol
+from aiozc.testing import ZeroCopySender
+
+from conftest import Run, payload, sha
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def window_rss() -> int:
+    """Resident bytes of every aiozc window (socket mappings) in this process."""
+    total = 0
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+                inside = "socket:[" in line
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+class Sink(ZCProtocol):
+    """Hashes every byte; holds the views when told to."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.views: list[memoryview] = []
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+        self.hasher.update(data)
+        self.received += len(data)
+        if self.hold:
+            self.views.append(data)
+        else:
+            data.release()
+
+
+def _peers(port: int, blobs: list[bytes], zerocopy: bool, stop: threading.Event) -> None:
+    """One connection per blob: send it, then stay connected until ``stop``."""
+    conns = []
+    try:
+        for blob in blobs:
+            conn = socket.create_connection(("127.0.0.1", port))
+            conns.append(conn)
+            sender = ZeroCopySender(conn, zerocopy=zerocopy)
+            sender.send(blob)
+            sender.flush()
+        stop.wait(60)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+async def serve(
+    blobs: list[bytes], config: ZCConfig, *, zerocopy: bool, hold: bool = False,
+    settle: float = 0.3, check: Any = None,
+) -> tuple[list[Sink], aiozc.ZCMemoryStats]:
+    """A server gets one burst per connection; ``check()`` runs with them idle."""
+    sinks: list[Sink] = []
+
+    def factory() -> Sink:
+        sink = Sink(hold)
+        sinks.append(sink)
+        return sink
+
+    server = await aiozc.create_server(factory, "127.0.0.1", 0, config=config, backlog=512)
+    port = server.sockets[0].getsockname()[1]
+    stop = threading.Event()
+    thread = threading.Thread(target=_peers, args=(port, blobs, zerocopy, stop), daemon=True)
+    thread.start()
+    total = sum(map(len, blobs))
+    try:
+        for _ in range(3000):
+            if len(sinks) == len(blobs) and sum(s.received for s in sinks) >= total:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"received {sum(s.received for s in sinks)} of {total}")
+        await asyncio.sleep(settle)  # idle: the sweeper runs after 50 ms
+        stats = aiozc.memory_stats()
+        if check is not None:
+            check(sinks)
+    finally:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
+        server.close()
+        for sink in sinks:
+            if sink.transport is not None:
+                sink.transport.abort()
+        await server.wait_closed()
+    return sinks, stats
+
+
+class TestIdleConnectionsHoldNothing:
+    """A drained connection with no view outstanding holds no slab and no page."""
+
+    @pytest.mark.parametrize("size", [4 * KiB, 64 * KiB, MiB])
+    def test_copying(self, run: Run, size: int) -> None:
+        blobs = [payload(size, seed=i) for i in range(40)]
+        pinned: list[int] = []
+
+        def check(sinks: list[Sink]) -> None:
+            pinned.extend(s.transport.stats.bytes_pinned for s in sinks)
+
+        sinks, stats = run(serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False,
+                                 check=check))
+        assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
+        assert stats.slabs_in_use == 0, stats
+        assert stats.bytes_pinned == 0 and pinned == [0] * len(blobs)
+        # The free slabs kept for the next taker follow recent demand, not
+        # the number of connections (40 connections received at once).
+        assert stats.slabs_free <= 40, stats
+
+    def test_mapping(self, run: Run) -> None:
+        blobs = [payload(2 * MiB, seed=100 + i) for i in range(12)]
+        seen: dict[str, int] = {}
+
+        def check(sinks: list[Sink]) -> None:
+            seen["mapped"] = sum(s.transport.stats.bytes_mapped for s in sinks)
+            seen["window_rss"] = window_rss()
+            seen["pinned"] = sum(s.transport.stats.bytes_pinned for s in sinks)
+
+        sinks, stats = run(serve(blobs, ZCConfig(zerocopy="always"), zerocopy=True,
+                                 check=check))
+        assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
+        assert seen["mapped"] > len(blobs) * MiB, seen  # pages really mapped
+        # ... and, the connections idle with every view released, none of
+        # them is resident any more: zapped when they went idle.
+        assert seen["window_rss"] == 0, seen
+        assert seen["pinned"] == 0 and stats.slabs_in_use == 0, (seen, stats)
+
+
+class TestLoopWideBound:
+    """set_memory_limit bounds what views pin over every connection of a loop."""
+
+    def test_copy_policy_holds_the_bound(self, run: Run) -> None:
+        limit = 4 * MiB
+        blobs = [payload(MiB, seed=200 + i) for i in range(16)]
+
+        async def main() -> tuple[list[Sink], aiozc.ZCMemoryStats]:
+            aiozc.set_memory_limit(limit)
+            try:
+                return await serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False,
+                                   hold=True)
+            finally:
+                aiozc.set_memory_limit(None)
+
+        sinks, stats = run(main())
+        assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
+        assert stats.peak_bytes_pinned <= limit, stats
+        assert stats.exhausted_receives > 0, stats  # the rest went to heap copies
+        for sink in sinks:
+            for view in sink.views:
+                view.release()
+
+    def test_pause_policy_waits_for_any_release(self, run: Run) -> None:
+        limit = 4 * MiB
+        blobs = [payload(MiB, seed=300 + i) for i in range(12)]
+        config = ZCConfig(zerocopy="never", on_exhausted="pause")
+
+        async def main() -> tuple[list[Sink], aiozc.ZCMemoryStats, int]:
+            aiozc.set_memory_limit(limit)
+            sinks: list[Sink] = []
+
+            def factory() -> Sink:
+                sink = Sink(hold=True)
+                sinks.append(sink)
+                return sink
+
+            server = await aiozc.create_server(factory, "127.0.0.1", 0, config=config)
+            port = server.sockets[0].getsockname()[1]
+            stop = threading.Event()
+            thread = threading.Thread(target=_peers, args=(port, blobs, False, stop),
+                                      daemon=True)
+            thread.start()
+            total = sum(map(len, blobs))
+            try:
+                # The application holds everything: reading stops at the bound.
+                for _ in range(1000):
+                    if aiozc.memory_stats().exhausted_receives:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)
+                stalled = aiozc.memory_stats()
+                assert stalled.bytes_pinned <= limit, stalled
+                assert sum(s.received for s in sinks) < total
+                # Releasing views on some connections lets every one go on.
+                released = 0
+                for _ in range(3000):
+                    for sink in sinks:
+                        while sink.views:
+                            released += 1
+                            sink.views.pop().release()
+                    if sum(s.received for s in sinks) >= total and len(sinks) == len(blobs):
+                        break
+                    await asyncio.sleep(0.01)
+                stats = aiozc.memory_stats()
+            finally:
+                aiozc.set_memory_limit(None)
+                stop.set()
+                await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
+                server.close()
+                for sink in sinks:
+                    sink.transport.abort()
+                await server.wait_closed()
+            return sinks, stats, released
+
+        sinks, stats, released = run(main())
+        assert released > 0
+        assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
+        assert stats.peak_bytes_pinned <= limit, stats
+
+
+MMAP_FAILS = """
+import asyncio, resource, socket, sys, threading
+import aiozc
+from aiozc.testing import ZeroCopySender
+
+DATA = bytes(range(256)) * 8192   # 2 MiB
+
+def peer(listener):
+    conn, _ = listener.accept()
+    with conn:
+        sender = ZeroCopySender(conn, zerocopy=True)
+        sender.send(DATA)
+        sender.flush()
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(30)
+        while conn.recv(65536):
+            pass
+
+class Sink(aiozc.ZCProtocol):
+    def __init__(self):
+        self.got = bytearray()
+        self.done = asyncio.get_running_loop().create_future()
+    def data_received(self, data):
+        with data:
+            self.got += data
+    def connection_lost(self, exc):
+        self.done.set_result(exc)
+
+async def main():
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=peer, args=(listener,), daemon=True).start()
+    # Room for Python, not for a 64 MiB window: its mmap() fails (ENOMEM).
+    with open("/proc/self/status") as f:
+        vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (48 << 20), resource.RLIM_INFINITY))
+    config = aiozc.ZCConfig(zerocopy="always", window_size=64 << 20)
+    transport, proto = await aiozc.create_connection(
+        Sink, "127.0.0.1", listener.getsockname()[1], config=config)
+    exc = await proto.done
+    stats = transport.stats
+    assert exc is None, exc
+    assert bytes(proto.got) == DATA
+    assert stats.bytes_mapped == 0, stats
+    assert stats.mode == "copy", stats
+    assert "mmap() of the socket" in stats.fallback_reason, stats.fallback_reason
+    assert "Cannot allocate memory" in stats.fallback_reason, stats.fallback_reason
+    print("fell back:", stats.fallback_reason)
+
+if sys.argv[1] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+class TestWindowCannotBeMapped:
+    """mmap() of the window fails (address space limit): that connection
+    copies, says why, and nothing crashes."""
+
+    def test_fallback_reason(self, loop_name: str) -> None:
+        proc = subprocess.run([sys.executable, "-c", MMAP_FAILS, loop_name],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert "fell back: mmap() of the socket failed" in proc.stdout, proc.stdout
