@@ -41,6 +41,7 @@ cdef class SlabStore:
 
     cdef char *take(self, size_t *faulted) noexcept
     cdef void give(self, char *slab, size_t faulted) noexcept
+    cdef void trim(self) noexcept
     cdef void _decay(self) noexcept
 
 

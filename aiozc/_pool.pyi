@@ -1,7 +1,7 @@
 # Type stub for the compiled page pool (_pool.pyx): its Python-visible names.
 from typing import final
 
-__all__ = ["Budget", "join", "is_pool_view", "slab_stores"]
+__all__ = ["Budget", "join", "is_pool_view", "slab_stores", "trim_slab_stores"]
 
 @final
 class Budget:
@@ -21,3 +21,4 @@ class Budget:
 def join(a: memoryview, b: memoryview) -> memoryview | None: ...
 def is_pool_view(view: object) -> bool: ...
 def slab_stores() -> dict[int, tuple[int, int, int, int]]: ...
+def trim_slab_stores() -> bool: ...

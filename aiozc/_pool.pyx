@@ -26,7 +26,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release,
 from cpython.memoryview cimport PyMemoryView_FromObject
 from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memset
+from libc.string cimport memmove, memset
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -35,7 +35,7 @@ from aiozc._kernel cimport (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVAT
 
 from builtins import memoryview as _MemoryView
 
-__all__ = ["Budget", "join", "is_pool_view", "slab_stores"]
+__all__ = ["Budget", "join", "is_pool_view", "slab_stores", "trim_slab_stores"]
 
 
 cdef char *_map_anonymous(size_t size) noexcept:
@@ -122,17 +122,27 @@ cdef class SlabStore:
             self.demand = self.in_use
         return slab
 
+    cdef void trim(self) noexcept:
+        """Unmap the free slabs beyond what recent demand says will be taken
+        again (the longest-unused first)."""
+        cdef int k, i
+        self._decay()
+        k = self.nfree - <int>max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use)
+        if k <= 0:
+            return
+        for i in range(k):
+            munmap(self.free_slabs[i], self.slab_size)
+        memmove(self.free_slabs, self.free_slabs + k, (self.nfree - k) * sizeof(char *))
+        memmove(self.free_faulted, self.free_faulted + k, (self.nfree - k) * sizeof(size_t))
+        self.nfree -= k
+        self.mapped -= k
+        self.unmapped += k
+
     cdef void give(self, char *slab, size_t faulted) noexcept:
         cdef char **slabs
         cdef size_t *sizes
         cdef int cap
         self.in_use -= 1
-        self._decay()
-        if self.nfree >= max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use):
-            munmap(slab, self.slab_size)
-            self.mapped -= 1
-            self.unmapped += 1
-            return
         if self.nfree == self.cap:
             cap = 2 * self.cap if self.cap else 16
             slabs = <char **>realloc(self.free_slabs, cap * sizeof(char *))
@@ -150,6 +160,7 @@ cdef class SlabStore:
         self.free_slabs[self.nfree] = slab
         self.free_faulted[self.nfree] = faulted
         self.nfree += 1
+        self.trim()
 
 
 cdef dict _stores = {}
@@ -160,6 +171,23 @@ cdef SlabStore _store_for(size_t slab_size):
     if store is None:
         store = _stores[slab_size] = SlabStore(slab_size)
     return <SlabStore>store
+
+
+def trim_slab_stores():
+    """Give back to the OS the free slabs recent demand does not call for.
+
+    Demand decays with time, so a process that went quiet keeps fewer and
+    fewer; returns True while some store still holds more than its floor
+    (call again later).
+    """
+    cdef SlabStore store
+    more = False
+    for obj in _stores.values():
+        store = <SlabStore>obj
+        store.trim()
+        if store.nfree > KEEP_FREE:
+            more = True
+    return more
 
 
 def slab_stores():

@@ -32,6 +32,7 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._memory import budget_for
+from ._pool import trim_slab_stores
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -399,7 +400,7 @@ class ZCTransport(_FlowControlMixin):
         if self._closing:
             return n  # closed by a callback: nothing more is delivered
         if self._rx.drained:
-            _sweeper_for(self._loop).note(self)
+            _note_idle(self)
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -1041,7 +1042,7 @@ class ZCTransport(_FlowControlMixin):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            _sweeper_for(self._loop).forget(self)
+            _forget_idle(self)
             self._rx.on_release = None
             self._rx.close()
             if self._zc.pending:
@@ -1112,42 +1113,71 @@ class ZCTransport(_FlowControlMixin):
 # connections and, IDLE_AFTER seconds later, releases those whose pump count
 # has not moved: one timer per loop, whatever the number of connections.
 _IDLE_AFTER = 0.05
+# How often the slab stores are trimmed while a quiet process still holds
+# free slabs: demand halves every second (_pool.pyx).
+_TRIM_AFTER = 1.0
 
 
 @final
 class _IdleSweeper:
-    # Holds no reference to its loop (it is the value of a weak-keyed
-    # mapping from the loop), and forgets a transport once it is lost.
+    # One per loop while it has connections to look at.  Only its pending
+    # timer holds it (the registry below is weak): when the loop closes, or
+    # the sweep has run, it goes, and with it every reference to the
+    # transports it noted, so an abandoned loop leaks nothing through it.
+    __slots__ = ("_noted", "_timer", "__weakref__")
+
     def __init__(self) -> None:
         self._noted: dict[ZCTransport, int] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def note(self, transport: ZCTransport) -> None:
-        self._noted[transport] = transport._pumps
-        if self._timer is None:
-            self._timer = transport._loop.call_later(_IDLE_AFTER, self._sweep)
-
-    def forget(self, transport: ZCTransport) -> None:
-        self._noted.pop(transport, None)
-
     def _sweep(self) -> None:
         self._timer = None
         noted, self._noted = self._noted, {}
+        loop = None
         for transport, pumps in noted.items():
+            loop = transport._loop
             if transport._pumps == pumps and not transport._closing:
                 transport._rx.release_idle()
+        # The shared slab stores keep free slabs for recent demand, which
+        # decays with time: while they hold more than their floor, look
+        # again a little later (a quiet server ends up holding none).
+        if loop is not None and loop not in _trimming and trim_slab_stores():
+            _trimming.add(loop)
+            loop.call_later(_TRIM_AFTER, _trim_later, weakref.ref(loop))
 
 
-_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleSweeper] = (
-    weakref.WeakKeyDictionary()
-)
+# Keyed by id(loop): a sweeper holds transports, which hold their loop, so
+# the id cannot be reused while its entry lives.
+_sweepers: weakref.WeakValueDictionary[int, _IdleSweeper] = weakref.WeakValueDictionary()
 
 
-def _sweeper_for(loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
-    sweeper = _sweepers.get(loop)
+# Loops with a _trim_later pending.
+_trimming: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _trim_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+    loop = loop_ref()
+    if loop is None:
+        return
+    if not loop.is_closed() and trim_slab_stores():
+        loop.call_later(_TRIM_AFTER, _trim_later, loop_ref)
+    else:
+        _trimming.discard(loop)
+
+
+def _note_idle(transport: ZCTransport) -> None:
+    sweeper = _sweepers.get(id(transport._loop))
     if sweeper is None:
-        sweeper = _sweepers[loop] = _IdleSweeper()
-    return sweeper
+        sweeper = _sweepers[id(transport._loop)] = _IdleSweeper()
+    sweeper._noted[transport] = transport._pumps
+    if sweeper._timer is None:
+        sweeper._timer = transport._loop.call_later(_IDLE_AFTER, sweeper._sweep)
+
+
+def _forget_idle(transport: ZCTransport) -> None:
+    sweeper = _sweepers.get(id(transport._loop))
+    if sweeper is not None:
+        sweeper._noted.pop(transport, None)
 
 
 # os.sendfile() sends at most this much per call (the kernel caps a call
