@@ -78,6 +78,9 @@ cdef long long _now_ns() noexcept:
 cdef long long DEMAND_HALF_LIFE_NS = 1000000000
 cdef enum:
     KEEP_FREE = 2
+    # Free slabs kept resident (faulted in) at the hot end of the stack; the
+    # rest keep only their address range (see give()).
+    KEEP_HOT = 4
 
 
 @cython.final
@@ -160,6 +163,15 @@ cdef class SlabStore:
         self.free_slabs[self.nfree] = slab
         self.free_faulted[self.nfree] = faulted
         self.nfree += 1
+        if self.nfree > KEEP_HOT:
+            # The slab that just left the hot end keeps its address range
+            # but gives its pages back: beyond a few, free slabs are taken
+            # again only after a burst, and refaulting then costs less than
+            # holding every connection's last slab resident meanwhile.
+            cold = self.nfree - 1 - KEEP_HOT
+            if self.free_faulted[cold]:
+                madvise(self.free_slabs[cold], self.free_faulted[cold], MADV_DONTNEED)
+                self.free_faulted[cold] = 0
         self.trim()
 
 

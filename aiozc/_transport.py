@@ -104,6 +104,44 @@ class ZCTransport(_FlowControlMixin):
     through :func:`aiozc.create_connection` and friends rather than directly.
     """
 
+    # Slots, not a __dict__: a server holds one per connection (memory per
+    # idle connection is a target: docs/memory.md).
+    __slots__ = (
+        "_at_eof",
+        "_closing",
+        "_config",
+        "_conn_lost",
+        "_connections",
+        "_eof_written",
+        "_fd",
+        "_held",
+        "_kind",
+        "_linger_deadline",
+        "_lingering",
+        "_lost",
+        "_paused",
+        "_plain_bytes",
+        "_plain_calls",
+        "_protocol",
+        "_pumps",
+        "_queue",
+        "_queued",
+        "_quirks",
+        "_reader_on",
+        "_reap_delay",
+        "_reap_timer",
+        "_rearm_on_errqueue",
+        "_rx",
+        "_sendfile_busy",
+        "_sendfile_waiter",
+        "_sock",
+        "_starved",
+        "_want",
+        "_writer_on",
+        "_zc",
+        "__weakref__",
+    )
+
     if TYPE_CHECKING:  # _FlowControlMixin's, missing from typeshed's stub
         def _maybe_pause_protocol(self) -> None: ...
         def _maybe_resume_protocol(self) -> None: ...
@@ -187,7 +225,7 @@ class ZCTransport(_FlowControlMixin):
         # made meanwhile wait in _held, and go to _queue after the file.
         self._sendfile_busy = False
         self._sendfile_waiter: asyncio.Future[None] | None = None
-        self._held: deque[bytearray | memoryview] = deque()
+        self._held: deque[bytearray | memoryview] | None = None  # made by sendfile()
         # uvloop (libuv) stops an fd's poll handle on EPOLLERR, which is how
         # completions announce themselves; see _rearm().
         self._rearm_on_errqueue = quirks.rearm_after_errqueue
@@ -399,8 +437,9 @@ class ZCTransport(_FlowControlMixin):
             return 0
         if self._closing:
             return n  # closed by a callback: nothing more is delivered
-        if self._rx.drained:
-            _note_idle(self)
+        # Noted after every pump (not only drained ones: a pump that stops at
+        # its budget may have taken the last byte, and no event follows).
+        _note_idle(self)
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -607,7 +646,7 @@ class ZCTransport(_FlowControlMixin):
                     self._update_reaper()
                 return
             self._set_writer(True)
-        queue = self._held if self._sendfile_busy else self._queue
+        queue = self._held if self._held is not None else self._queue
         if view is not None:
             seg = view[n:] if n else view
             queue.append(seg)
@@ -741,6 +780,7 @@ class ZCTransport(_FlowControlMixin):
         if self._sendfile_busy:
             raise RuntimeError("another sendfile() is already running on this transport")
         self._sendfile_busy = True
+        self._held = deque()
         sent = 0
         try:
             while self._queue:  # what was written before goes first
@@ -767,8 +807,9 @@ class ZCTransport(_FlowControlMixin):
             self._sendfile_waiter = None
             if sent and _seekable(file):
                 file.seek(offset + sent)
-            self._queue.extend(self._held)
-            self._held.clear()
+            if self._held:
+                self._queue.extend(self._held)
+            self._held = None
             if self._conn_lost:
                 self._queue.clear()
                 self._queued = 0
@@ -1024,7 +1065,7 @@ class ZCTransport(_FlowControlMixin):
             return
         if self._queue or self._held:
             self._queue.clear()  # never handed to the kernel: no hold to wait for
-            self._held.clear()
+            self._held = None
             self._queued = 0
             self._set_writer(False)
         self._wake_sendfile()
@@ -1104,8 +1145,7 @@ class ZCTransport(_FlowControlMixin):
 
 # -- idle connections give their memory back -------------------------------------
 #
-# A connection whose last receive drained the socket, and that has not
-# received since, gives back what no view pins (Receiver.release_idle: its
+# A connection that has not received for a moment gives back what no view pins (Receiver.release_idle: its
 # copy slab to the shared store, its released mapped pages zapped).  Not at
 # once: a busy connection drains the socket at most events, and giving back
 # and taking again at each would cost it (a zap per event where batches of

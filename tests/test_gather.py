@@ -16,6 +16,7 @@ the same engine path is tested in test_anyio.py.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 import contextlib
 import hashlib
 import random
@@ -95,6 +96,21 @@ class _Staged:
             raise self.error
 
 
+class PauseCounter:
+    """Stands in for a transport, counting pause_reading() calls."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        self.transport.pause_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class TestStreams:
     """ZCStreamReader gathers frames of two receives or more."""
 
@@ -145,16 +161,8 @@ class TestStreams:
         async def main() -> tuple[list[str], int, int]:
             peer.start()
             reader, writer = await aiozc.open_connection("127.0.0.1", peer.port, config=COPY)
-            transport = writer.transport
-            pauses = 0
-            pause = transport.pause_reading
-
-            def counting_pause() -> None:
-                nonlocal pauses
-                pauses += 1
-                pause()
-
-            transport.pause_reading = counting_pause  # type: ignore[method-assign]
+            counting = PauseCounter(writer.transport)
+            reader._transport = counting  # the reader pauses through it
             got = []
             for _ in range(count):
                 n = int.from_bytes(await reader.readexactly(4), "big")
@@ -165,7 +173,7 @@ class TestStreams:
             writer.close()
             await writer.wait_closed()
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
-            return got, stats.bytes_assembled, pauses
+            return got, stats.bytes_assembled, counting.pauses
 
         got, assembled, pauses = run(main())
         assert got == [sha(b) for b in bodies]
