@@ -610,7 +610,12 @@ cdef class Receiver:
         cdef ssize_t n
         cdef PyObject *raw
         self.exhausted_receives += 1
-        if self.pause_when_exhausted:
+        if self.pause_when_exhausted and (
+                self.pool.pinned or (self.pool.budget is not None and self.pool.budget.pinned)):
+            # (Pause only while some view pins memory: its release is what
+            # resumes reading.  With nothing pinned, the pool ran out for
+            # another reason, a slab the kernel would not map (ENOMEM, the
+            # map count): then copy, or nothing would ever resume.)
             self.pool.starved = True
             if self.pool.budget is not None:
                 # Perhaps the loop's bound: then a release on any connection
