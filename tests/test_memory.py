@@ -311,3 +311,63 @@ class TestWindowCannotBeMapped:
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
         assert "fell back: mmap() of the socket failed" in proc.stdout, proc.stdout
+
+
+ANYIO_BACKENDS = [
+    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param("trio", id="trio"),
+]
+
+
+class TestIdleAnyioStream:
+    """An anyio stream waiting on a drained socket holds no slab and no page."""
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ANYIO_BACKENDS)
+    @pytest.mark.parametrize("policy", ["always", "never"])
+    async def test_waiting_stream_holds_nothing(self, policy: str) -> None:
+        import anyio
+
+        import aiozc.anyio
+
+        data = payload(2 * MiB, seed=400)
+        listener = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def peer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                sender = ZeroCopySender(conn, zerocopy=True)
+                sender.send(data)
+                sender.flush()
+                stop.wait(30)
+
+        thread = threading.Thread(target=peer, daemon=True)
+        thread.start()
+        hasher = hashlib.sha256()
+        try:
+            config = ZCConfig(zerocopy=policy)  # type: ignore[arg-type]
+            async with await aiozc.anyio.connect_tcp(
+                "127.0.0.1", listener.getsockname()[1], config=config
+            ) as stream:
+                got = 0
+                while got < len(data):
+                    with await stream.receive_view() as view:
+                        hasher.update(view)
+                        got += len(view)
+                with anyio.move_on_after(0.2):
+                    await stream.receive_view()  # waits: the peer is idle
+                stats = stream.stats
+                idle_window = window_rss()
+                memory = aiozc.memory_stats()
+        finally:
+            stop.set()
+            thread.join(10)
+            listener.close()
+        assert hasher.hexdigest() == sha(data)
+        if policy == "always":
+            assert stats.bytes_mapped > MiB, stats
+        assert stats.bytes_pinned == 0, stats
+        assert idle_window == 0
+        assert memory.slabs_in_use == 0, memory
