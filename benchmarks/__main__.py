@@ -3,6 +3,7 @@
 Usage::
 
     python -m benchmarks [--quick] [--repeats N] [--scale X] [--no-trio]
+                         [--no-send] [--no-connections]
                          [--output-dir DIR | --md PATH --png PATH --json PATH]
 
 What runs
@@ -38,6 +39,13 @@ missing) and ``docs/benchmarks.json`` (every run).  Receivers whose package
 (aiofastnet, anyio, trio) is missing are skipped with a note.  ``--quick``
 is a smoke run for CI (well under 60 s): small transfers, one repeat; it
 asserts nothing about speed.
+
+After the receivers, the same invocation runs the sender side
+(``benchmarks/send.py``, ``send.md``; ``--no-send`` skips it) and the
+many-connections benchmark (``benchmarks/connections.py``:
+``connections.md`` and ``connections.json`` beside the report, its own
+``--quick`` in quick mode; ``--no-connections`` skips it), and the report
+points to them.
 """
 
 from __future__ import annotations
@@ -439,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--no-send", dest="send", action="store_false",
                     help="skip the sender-side benchmark (benchmarks/send.py)")
+    ap.add_argument("--no-connections", dest="connections", action="store_false",
+                    help="skip the many-connections benchmark (benchmarks/connections.py)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else REPEATS)
     scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
@@ -488,10 +498,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                    *(["--quick"] if args.quick else []), "--no-print"])
         send_md = send_path.read_text()
     elapsed = time.monotonic() - t0
+    conn_rc, conn_md = 0, None
+    if args.connections:
+        from . import connections
+
+        conn_md = md.parent / "connections.md"
+        os.sched_setaffinity(0, allowed)  # connections.py pins its own processes
+        print("\n[benchmarks] many connections (benchmarks/connections.py)", file=sys.stderr)
+        conn_rc = connections.main(
+            ["--md", str(conn_md), "--json", str(md.parent / "connections.json"),
+             *(["--quick"] if args.quick else []),
+             *([] if args.progress else ["--no-progress"])])
     res = Results(runs, receivers)
     plot_note = plot(res, png)
     text = report(res, machine, repeats, jobs, skipped, plot_note,
                   os.path.relpath(png, md.parent), elapsed, args.quick, pinned, send_md)
+    if conn_md is not None:
+        text += ("\n## Many connections\n\nIdle memory per connection after one burst, and "
+                 "server CPU per MB with every connection streaming at once, against the "
+                 "same peers: "
+                 f"[{conn_md.name}]({os.path.relpath(conn_md, md.parent)}), from "
+                 "`python -m benchmarks.connections" + (" --quick" if args.quick else "")
+                 + "`, run after this report's measurements in the same invocation.\n")
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)
     js.parent.mkdir(parents=True, exist_ok=True)
@@ -505,9 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "header_bytes": HEADER,
         "targets": [{"target": t, "met": m, "evidence": ev} for t, m, ev in targets(res)],
         "runs": [r.to_json() for r in runs],
+        "connections_report": str(conn_md) if conn_md is not None else None,
     }, indent=1))
     print(f"wrote {md}, {js}" + ("" if plot_note else f", {png}"), file=sys.stderr)
-    return 0
+    return conn_rc
 
 
 if __name__ == "__main__":

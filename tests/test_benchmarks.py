@@ -1,4 +1,4 @@
-"""``python -m benchmarks --quick`` runs end to end and writes its three files.
+"""``python -m benchmarks --quick`` runs end to end and writes its files.
 
 A smoke test: it asserts nothing about speed.  With only the ``test`` extra
 installed (no matplotlib, no aiofastnet) the benchmark must still succeed:
@@ -41,3 +41,38 @@ def test_quick_benchmark_writes_report(tmp_path: Path) -> None:
         assert "No plot" in md
     if importlib.util.find_spec("aiofastnet") is None:
         assert "aiofastnet" in md  # listed as skipped
+    # The many-connections benchmark ran through the hook (its own quick mode).
+    assert "## Many connections" in md and "(connections.md)" in md
+    assert (tmp_path / "connections.md").read_text().startswith("# Many connections")
+    assert json.loads((tmp_path / "connections.json").read_text())["quick"] is True
+
+
+@pytest.mark.timeout(150)
+def test_quick_connections_writes_report(tmp_path: Path) -> None:
+    """``python -m benchmarks.connections --quick``: every cell completes, both
+    phases are reported, the targets and the machine state are printed."""
+    md_path, js_path = tmp_path / "connections.md", tmp_path / "connections.json"
+    proc = run_module(["benchmarks.connections", "--quick", "--no-progress",
+                       "--md", str(md_path), "--json", str(js_path)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    md = md_path.read_text()
+    data = json.loads(js_path.read_text())
+    names = [r["name"] for r in data["receivers"]]
+    assert any(not r["aiozc"] for r in data["receivers"]), "no peer ran"
+    assert any(r["aiozc"] for r in data["receivers"]), "no aiozc receiver ran"
+    cells = data["cells"]
+    assert {c["receiver"] for c in cells} == set(names)
+    assert {c["sender"] for c in cells} == {"zerocopy", "plain"}
+    for c in cells:
+        assert "error" not in c and "aborted" not in c, c
+        assert c["bad_frames"] == 0
+        assert c["after"]["VmRSS"] > 0 and c["before"]["VmRSS"] > 0
+        assert c["stream"]["bytes"] == c["n"] * data["stream_frame"] * \
+            data["stream_frames"][str(c["n"])]
+        if c["aiozc"]:
+            assert c["zc_idle"]["connections"] == c["n"]
+    for name in names:
+        assert f"| {name} |" in md, f"no row for {name}"
+    assert "## Targets" in md and "## Phase 1, N = 100" in md and "## Phase 2, N = 100" in md
+    assert "Load average (1, 5, 15 min) at the start" in md
+    assert "NOT measurements" in md
