@@ -48,6 +48,7 @@ cdef class Receiver:
     cdef uint64_t receive_calls
     cdef uint64_t exhausted_receives
 
+    cdef Py_ssize_t _pump(self, Py_ssize_t want) except? _ERROR
     cdef int _end_gather(self) except -1
     cdef Py_ssize_t _gather_round(self) except? _ERROR
     cdef int _raise_deferred(self) except -1

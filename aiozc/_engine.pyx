@@ -320,6 +320,18 @@ cdef class Receiver:
         ``on_release`` fires).  Socket errors raise OSError after the bytes
         received before them have been delivered.
         """
+        try:
+            return self._pump(want)
+        finally:
+            # A slab this pump received into and no view holds any more (an
+            # application that releases each view in data_received) goes
+            # back to the shared store now: the next pump, of this
+            # connection or any other, takes it again off the top, still in
+            # the cache.  With one slab per connection, 1,000 connections
+            # streaming at once wrote into 1,000 different buffers.
+            self.pool.settle()
+
+    cdef Py_ssize_t _pump(self, Py_ssize_t want) except? _ERROR:
         cdef Py_ssize_t total = 0
         cdef Py_ssize_t n
         if self.fd < 0:
@@ -441,7 +453,8 @@ cdef class Receiver:
                 return self._copy_round(self.receive_size)
         # The copy buffer first, and off the probe's clock: a new slab's
         # first use is a one-off cost, not a cost of mapping.
-        cbroom = pool.slab_room(self.copybuf_size, self.copybuf_size) if self.copybuf_size else 0
+        cbroom = (pool.slab_room(self.copybuf_size, self.copybuf_size, timed)
+                  if self.copybuf_size else 0)
         if timed:
             t0 = aiozc_thread_cpu_ns()
         room = pool.region_room(self.receive_size // 4)
@@ -502,6 +515,7 @@ cdef class Receiver:
             pool.rused[ridx] += (mapped + PAGE - 1) & ~(<size_t>PAGE - 1)
         if copied:
             pool.sused[sidx] += copied
+            pool.touched(sidx)
 
         if timed and mapped:
             # The application will read these pages after the probe's clock
@@ -585,7 +599,9 @@ cdef class Receiver:
         cdef int64_t t0 = 0
         # In the mapping probe, a skip-hint recv is timed by its mapping round.
         cdef bint timed = self.policy.phase == PH_PROBE and self.policy.mode == MODE_COPY
-        room = pool.slab_room(limit, min(limit, self.receive_size // 4))
+        # Prefaulted (off the clock) only while the probe times this round.
+        room = pool.slab_room(limit, min(limit, self.receive_size // 4),
+                              self.policy.phase == PH_PROBE)
         if room == 0:
             return self._exhausted_round(limit)
         if timed:
@@ -596,6 +612,7 @@ cdef class Receiver:
         if n <= 0:
             return n
         pool.sused[sidx] += n
+        pool.touched(sidx)
         self.bytes_copied += n
         self.bytes_received += n
         if not timed and self.policy.kind == POLICY_AUTO and self.policy.mode == MODE_COPY:

@@ -31,6 +31,8 @@ cdef class SlabStore:
     cdef size_t slab_size
     cdef char **free_slabs     # a stack: the most recently given back on top
     cdef size_t *free_faulted  # how much of each free slab is faulted in
+    cdef long long *free_since # when each was given back (CLOCK_MONOTONIC ns)
+    cdef int ncold             # free_slabs[:ncold] hold no pages (oldest first)
     cdef int nfree
     cdef int cap
     cdef Py_ssize_t in_use     # slabs taken and not given back
@@ -104,13 +106,18 @@ cdef class Pool:
     cdef void unpin(self, Py_ssize_t n) noexcept
     cdef void give_slab(self, int idx) noexcept
     cdef void release_idle(self) noexcept
+    cdef void settle(self) noexcept
     cdef int map_window(self, int fd) except -1
     cdef void release(self, int kind, int idx) noexcept
     cdef void _unmap(self) noexcept
     cdef void close(self) noexcept
     cdef void zap(self) noexcept
     cdef size_t region_room(self, size_t min_room) noexcept
-    cdef size_t slab_room(self, size_t want, size_t min_room) noexcept
+    cdef size_t slab_room(self, size_t want, size_t min_room, bint prefault) noexcept
+    cdef inline void touched(self, int idx) noexcept:
+        # A receive wrote up to sused[idx]: those pages are resident now.
+        if self.sused[idx] > self.sfaulted[idx]:
+            self.sfaulted[idx] = self.sused[idx]
     cdef size_t _slab_room(self, size_t want, size_t min_room) noexcept
     cdef int hold_frame(self, size_t size) noexcept
     cdef void unhold_frame(self, int idx) noexcept

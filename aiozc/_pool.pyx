@@ -76,11 +76,13 @@ cdef long long _now_ns() noexcept:
 # back from a buffer release, in any thread), and never hold it across a
 # system call other than munmap of a slab no one can reach.
 cdef long long DEMAND_HALF_LIFE_NS = 1000000000
+# A free slab not taken again within this long keeps its address range but
+# gives its pages back (MADV_DONTNEED): connections that come back soon (a
+# server's rotation through its clients) find it resident, and a server that
+# went quiet holds no slab pages a moment later.
+cdef long long COLD_AFTER_NS = 200000000
 cdef enum:
     KEEP_FREE = 2
-    # Free slabs kept resident (faulted in) at the hot end of the stack; the
-    # rest keep only their address range (see give()).
-    KEEP_HOT = 4
 
 
 @cython.final
@@ -97,6 +99,7 @@ cdef class SlabStore:
             munmap(self.free_slabs[i], self.slab_size)
         free(self.free_slabs)
         free(self.free_faulted)
+        free(self.free_since)
 
     cdef void _decay(self) noexcept:
         cdef long long now = _now_ns()
@@ -114,6 +117,8 @@ cdef class SlabStore:
             self.nfree -= 1
             slab = self.free_slabs[self.nfree]
             faulted[0] = self.free_faulted[self.nfree]
+            if self.ncold > self.nfree:
+                self.ncold = self.nfree
         else:
             slab = _map_anonymous(self.slab_size)
             if slab == NULL:
@@ -127,23 +132,34 @@ cdef class SlabStore:
 
     cdef void trim(self) noexcept:
         """Unmap the free slabs beyond what recent demand says will be taken
-        again (the longest-unused first)."""
+        again, and drop the pages of those free for longer than COLD_AFTER_NS
+        (the longest-unused first: the stack's bottom)."""
         cdef int k, i
+        cdef long long cold_before
         self._decay()
         k = self.nfree - <int>max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use)
-        if k <= 0:
-            return
-        for i in range(k):
-            munmap(self.free_slabs[i], self.slab_size)
-        memmove(self.free_slabs, self.free_slabs + k, (self.nfree - k) * sizeof(char *))
-        memmove(self.free_faulted, self.free_faulted + k, (self.nfree - k) * sizeof(size_t))
-        self.nfree -= k
-        self.mapped -= k
-        self.unmapped += k
+        if k > 0:
+            for i in range(k):
+                munmap(self.free_slabs[i], self.slab_size)
+            memmove(self.free_slabs, self.free_slabs + k, (self.nfree - k) * sizeof(char *))
+            memmove(self.free_faulted, self.free_faulted + k, (self.nfree - k) * sizeof(size_t))
+            memmove(self.free_since, self.free_since + k, (self.nfree - k) * sizeof(long long))
+            self.nfree -= k
+            self.ncold = max(0, self.ncold - k)
+            self.mapped -= k
+            self.unmapped += k
+        cold_before = _now_ns() - COLD_AFTER_NS
+        while self.ncold < self.nfree and self.free_since[self.ncold] <= cold_before:
+            if self.free_faulted[self.ncold]:
+                madvise(self.free_slabs[self.ncold], self.free_faulted[self.ncold],
+                        MADV_DONTNEED)
+                self.free_faulted[self.ncold] = 0
+            self.ncold += 1
 
     cdef void give(self, char *slab, size_t faulted) noexcept:
         cdef char **slabs
         cdef size_t *sizes
+        cdef long long *since
         cdef int cap
         self.in_use -= 1
         if self.nfree == self.cap:
@@ -154,7 +170,10 @@ cdef class SlabStore:
             sizes = <size_t *>realloc(self.free_faulted, cap * sizeof(size_t))
             if sizes != NULL:
                 self.free_faulted = sizes
-            if slabs == NULL or sizes == NULL:
+            since = <long long *>realloc(self.free_since, cap * sizeof(long long))
+            if since != NULL:
+                self.free_since = since
+            if slabs == NULL or sizes == NULL or since == NULL:
                 munmap(slab, self.slab_size)
                 self.mapped -= 1
                 self.unmapped += 1
@@ -162,16 +181,8 @@ cdef class SlabStore:
             self.cap = cap
         self.free_slabs[self.nfree] = slab
         self.free_faulted[self.nfree] = faulted
+        self.free_since[self.nfree] = _now_ns()
         self.nfree += 1
-        if self.nfree > KEEP_HOT:
-            # The slab that just left the hot end keeps its address range
-            # but gives its pages back: beyond a few, free slabs are taken
-            # again only after a burst, and refaulting then costs less than
-            # holding every connection's last slab resident meanwhile.
-            cold = self.nfree - 1 - KEEP_HOT
-            if self.free_faulted[cold]:
-                madvise(self.free_slabs[cold], self.free_faulted[cold], MADV_DONTNEED)
-                self.free_faulted[cold] = 0
         self.trim()
 
 
@@ -189,15 +200,15 @@ def trim_slab_stores():
     """Give back to the OS the free slabs recent demand does not call for.
 
     Demand decays with time, so a process that went quiet keeps fewer and
-    fewer; returns True while some store still holds more than its floor
-    (call again later).
+    fewer; returns True while some store still has slabs in use (their
+    release will want a trim) or holds more than its floor: call again later.
     """
     cdef SlabStore store
     more = False
     for obj in _stores.values():
         store = <SlabStore>obj
         store.trim()
-        if store.nfree > KEEP_FREE:
+        if store.in_use or store.nfree > KEEP_FREE or store.ncold < store.nfree:
             more = True
     return more
 
@@ -453,6 +464,12 @@ cdef class Pool:
         if idx == self.cur_slab:
             self.cur_slab = -1
 
+    cdef void settle(self) noexcept:
+        """After a pump: the current slab goes back to the store if no view holds it."""
+        cdef int cur = self.cur_slab
+        if cur >= 0 and self.srefs[cur] == 0:
+            self.give_slab(cur)
+
     # A connection that has drained its socket, and whose views are all
     # released, should hold nothing: its memory follows the bytes in flight.
     # The driver calls this once the connection has been idle for a moment
@@ -631,15 +648,20 @@ cdef class Pool:
 
     # -- slabs ---------------------------------------------------------------
 
-    cdef size_t slab_room(self, size_t want, size_t min_room) noexcept:
+    cdef size_t slab_room(self, size_t want, size_t min_room, bint prefault) noexcept:
         """Bytes free in the current slab (switching if needed); 0 if none.
 
-        The bytes returned are faulted in first (see _slab_room).
+        With ``prefault``, the bytes returned are faulted in first.
         """
         cdef size_t room = self._slab_room(want, min_room)
         cdef int cur = self.cur_slab
         cdef size_t end
-        if room:
+        # Only for a round the 'auto' probe times: otherwise the recv()
+        # faults in what it writes, and no more (prefaulting the whole room,
+        # a 256 KiB receive, for a 32 KiB message cost 64 faults and a
+        # zeroing pass per message on connections that take a fresh slab
+        # for each: 2.5x asyncio's CPU per MB with 1,000 connections).
+        if room and prefault:
             end = self.sused[cur] + room
             if end > self.sfaulted[cur]:
                 # Fault the pages in now, once, rather than inside the recv()

@@ -136,6 +136,7 @@ class ZCTransport(_FlowControlMixin):
         "_sendfile_waiter",
         "_sock",
         "_starved",
+        "_sweeper",
         "_want",
         "_writer_on",
         "_zc",
@@ -193,6 +194,7 @@ class ZCTransport(_FlowControlMixin):
                             eager_errors=quirks.collect_errors_eagerly,
                             budget=budget_for(loop))
         self._pumps = 0  # engine pumps so far: an idle connection's count stands still
+        self._sweeper = _sweeper_for(loop)
         # Weakly: the engine's pool outlives the transport while views are
         # held, and must not call into a transport the garbage collector is
         # tearing down (nor keep it alive).
@@ -439,7 +441,10 @@ class ZCTransport(_FlowControlMixin):
             return n  # closed by a callback: nothing more is delivered
         # Noted after every pump (not only drained ones: a pump that stops at
         # its budget may have taken the last byte, and no event follows).
-        _note_idle(self)
+        sweeper = self._sweeper
+        sweeper._noted[self] = self._pumps
+        if sweeper._timer is None:
+            sweeper._timer = self._loop.call_later(_IDLE_AFTER, sweeper._sweep)
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -1083,7 +1088,7 @@ class ZCTransport(_FlowControlMixin):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            _forget_idle(self)
+            self._sweeper._noted.pop(self, None)
             self._rx.on_release = None
             self._rx.close()
             if self._zc.pending:
@@ -1154,16 +1159,16 @@ class ZCTransport(_FlowControlMixin):
 # has not moved: one timer per loop, whatever the number of connections.
 _IDLE_AFTER = 0.05
 # How often the slab stores are trimmed while a quiet process still holds
-# free slabs: demand halves every second (_pool.pyx).
-_TRIM_AFTER = 1.0
+# free slabs: pages of slabs free for 0.2 s are dropped, and demand halves
+# every second (_pool.pyx).
+_TRIM_AFTER = 0.25
 
 
 @final
 class _IdleSweeper:
-    # One per loop while it has connections to look at.  Only its pending
-    # timer holds it (the registry below is weak): when the loop closes, or
-    # the sweep has run, it goes, and with it every reference to the
-    # transports it noted, so an abandoned loop leaks nothing through it.
+    # One per loop while it has connections: the transports hold it, and the
+    # registry below only weakly, so it goes with them (and an abandoned
+    # loop's cycle of transports and sweeper is garbage like any other).
     __slots__ = ("_noted", "_timer", "__weakref__")
 
     def __init__(self) -> None:
@@ -1186,9 +1191,16 @@ class _IdleSweeper:
             loop.call_later(_TRIM_AFTER, _trim_later, weakref.ref(loop))
 
 
-# Keyed by id(loop): a sweeper holds transports, which hold their loop, so
-# the id cannot be reused while its entry lives.
+# Keyed by id(loop): a sweeper's transports hold their loop, so the id
+# cannot be reused while its entry lives.
 _sweepers: weakref.WeakValueDictionary[int, _IdleSweeper] = weakref.WeakValueDictionary()
+
+
+def _sweeper_for(loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
+    sweeper = _sweepers.get(id(loop))
+    if sweeper is None:
+        sweeper = _sweepers[id(loop)] = _IdleSweeper()
+    return sweeper
 
 
 # Loops with a _trim_later pending.
@@ -1203,21 +1215,6 @@ def _trim_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
         loop.call_later(_TRIM_AFTER, _trim_later, loop_ref)
     else:
         _trimming.discard(loop)
-
-
-def _note_idle(transport: ZCTransport) -> None:
-    sweeper = _sweepers.get(id(transport._loop))
-    if sweeper is None:
-        sweeper = _sweepers[id(transport._loop)] = _IdleSweeper()
-    sweeper._noted[transport] = transport._pumps
-    if sweeper._timer is None:
-        sweeper._timer = transport._loop.call_later(_IDLE_AFTER, sweeper._sweep)
-
-
-def _forget_idle(transport: ZCTransport) -> None:
-    sweeper = _sweepers.get(id(transport._loop))
-    if sweeper is not None:
-        sweeper._noted.pop(transport, None)
 
 
 # os.sendfile() sends at most this much per call (the kernel caps a call
