@@ -4,36 +4,20 @@
 uvloop loop (the test is parametrized, as uvloop's own suite runs one mixin
 per loop).  The peers are real: a thread that sends with MSG_ZEROCOPY (pages
 the kernel can map) or with plain sendmsg (pages it cannot).
+
+Only fixtures live here; the helpers tests import (``Peer``, ``payload``,
+``count_fds``, ``run_module``, ...) are in tests/support.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-import uvloop
 
-from aiozc import ZCProtocol
-from aiozc.testing import ZeroCopySender
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
+from support import LOOPS, Run
 
 
 @pytest.fixture(params=list(LOOPS))
@@ -48,197 +32,3 @@ def run(loop_name: str) -> Iterator[Run]:
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         yield lambda coro: runner.run(asyncio.wait_for(coro, 60))
     gc.collect()
-
-
-class Echo(asyncio.Protocol):
-    """Echoes everything; records its transport and when it is lost."""
-
-    def __init__(self) -> None:
-        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
-        self.lost = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-
-class ZCEcho(Echo, ZCProtocol):
-    """Echo on a zerocopy connection."""
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Reproducible random bytes."""
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Peer:
-    """A blocking peer in a thread: sends ``data`` in random-sized writes.
-
-    ``zerocopy=True`` sends with MSG_ZEROCOPY, so the kernel delivers whole
-    pages that the receiver can map; False sends with plain sendmsg.
-    ``finish`` says how the peer ends: 'shutdown' (FIN, then wait for the
-    receiver to close), 'close', or 'reset' (SO_LINGER 0: RST).
-
-    A 'reset' waits for ``connected`` first, which the test sets once its
-    connect returned: what fits in the sockets' buffers (a few MiB over
-    loopback, with plain sends) is sent before the client's loop has seen
-    its connect complete if the loop is short of CPU, and a reset then
-    makes the connect itself fail (asyncio and trio read ECONNRESET from
-    SO_ERROR), outside what a test of the reset expects.
-    """
-
-    data: bytes
-    zerocopy: bool = True
-    finish: str = "shutdown"
-    max_write: int = 1 << 20
-    seed: int = 1
-    sent_sha: str = ""
-    error: BaseException | None = None
-    listener: socket.socket = field(default_factory=socket.socket)
-    thread: threading.Thread | None = None
-    before_finish: threading.Event | None = None
-    #: The receiver may close first: a broken pipe or reset is no error.
-    may_be_cut_off: bool = False
-    #: Set by the test when its connect returned (awaited by 'reset').
-    connected: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1)
-
-    @property
-    def port(self) -> int:
-        port: int = self.listener.getsockname()[1]
-        return port
-
-    def start(self) -> Peer:
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        return self
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-            with conn:
-                sender = ZeroCopySender(conn, zerocopy=self.zerocopy)
-                rnd = random.Random(self.seed)
-                view = memoryview(self.data)
-                while view:
-                    n = min(len(view), rnd.randint(1, self.max_write))
-                    sender.send(bytes(view[:n]))
-                    view = view[n:]
-                sender.flush()
-                self.sent_sha = sha(self.data)
-                if self.before_finish is not None:
-                    self.before_finish.wait(30)
-                if self.finish == "reset":
-                    assert self.connected.wait(30), "the test never set Peer.connected"
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                elif self.finish == "shutdown":
-                    conn.shutdown(socket.SHUT_WR)
-                    conn.settimeout(30)
-                    while conn.recv(65536):
-                        pass
-        except BaseException as exc:  # reported by join()
-            if not (self.may_be_cut_off and isinstance(exc, ConnectionError)):
-                self.error = exc
-        finally:
-            self.listener.close()
-
-    def join(self) -> None:
-        assert self.thread is not None
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "peer thread hung"
-        if self.error is not None:
-            raise self.error
-
-
-def wait_acked(sock: socket.socket, timeout: float = 30.0) -> None:
-    """Return once every byte written to TCP socket ``sock`` has been acked:
-    it sits in the other end's socket (or was read), where a reset that
-    follows cannot take it back (an RST discards only what is unacked).
-    A sleep is no substitute on a loaded machine, where loopback's softirq
-    work waits for ksoftirqd."""
-    import fcntl
-    import struct
-    import termios
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
-                                                  b"\0\0\0\0"))[0]
-        if unacked == 0:
-            return
-        assert time.monotonic() < deadline, f"{unacked} bytes still unacked after {timeout} s"
-        time.sleep(0.001)
-
-
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def count_maps() -> int:
-    """Entries in /proc/self/maps."""
-    with open("/proc/self/maps") as f:
-        return sum(1 for _ in f)
-
-
-def count_socket_maps() -> int:
-    """Mappings of sockets (aiozc windows): shown as ``socket:[inode]``."""
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "socket:[" in line)
-
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_module(args: list[str], timeout: float,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m *args`` in the repository's root, output captured as text.
-
-    Like ``subprocess.run(..., timeout=timeout)``, except that a run still
-    going at the timeout fails the test with every thread's stack of every
-    Python process it started (faulthandler, on SIGABRT to its process
-    group), instead of a bare TimeoutExpired: a hang says where it hangs.
-    """
-    env = dict(os.environ if env is None else env)
-    env["PYTHONFAULTHANDLER"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid, signal.SIGABRT)
-        try:
-            out, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        pytest.fail(f"`python -m {' '.join(args)}` still running after {timeout} s; "
-                    f"its stacks on SIGABRT:\n--- stderr\n{err[-12000:]}\n"
-                    f"--- stdout\n{out[-3000:]}", pytrace=False)
-    finally:
-        if proc.poll() is None:  # (an exception in this function: no orphan left)
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

@@ -3,7 +3,7 @@
 Every async test here runs once per backend through anyio's pytest plugin
 (the ``anyio_backend`` fixture below).  pytest-asyncio is installed too, but
 in strict mode it only runs tests marked ``asyncio``, so these are anyio's.
-Tests that claim the mapped path ran use conftest's MSG_ZEROCOPY ``Peer`` and
+Tests that claim the mapped path ran use support's MSG_ZEROCOPY ``Peer`` and
 assert it from the stream's statistics.
 """
 
@@ -40,7 +40,7 @@ from aiozc.anyio import (
     create_tcp_listener,
 )
 
-from conftest import Peer, count_socket_maps, payload, sha, wait_acked
+from support import Peer, count_socket_maps, payload, sha, wait_acked
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_module
+from support import run_module
 
 
 @pytest.mark.timeout(180)

@@ -28,7 +28,7 @@ import pytest
 
 import aiozc
 from aiozc import ViewBuffer, ZCConfig
-from conftest import Peer, Run, count_socket_maps, payload, sha
+from support import Peer, Run, count_socket_maps, payload, sha
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -24,7 +24,7 @@ from aiozc import _loop
 from aiozc._loop import new_event_loop, run
 from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
-from conftest import Echo, ZCEcho
+from support import Echo, ZCEcho
 
 KINDS = {"asyncio": False, "uvloop": True}
 Run = Callable[[Coroutine[Any, Any, Any]], Any]

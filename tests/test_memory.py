@@ -21,7 +21,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol
 from aiozc.testing import ZeroCopySender
 
-from conftest import Run, payload, sha
+from support import Run, payload, sha
 
 MiB = 1 << 20
 KiB = 1 << 10

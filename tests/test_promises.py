@@ -36,7 +36,7 @@ import aiozc.anyio
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc.testing import ZeroCopySender
 
-from conftest import LOOPS, Peer, Run, payload, sha
+from support import LOOPS, Peer, Run, payload, sha
 
 MiB = 1 << 20
 KiB = 1 << 10

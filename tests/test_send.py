@@ -38,7 +38,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._zerocopy_send import immutable_view
 
-from conftest import Peer, Run, count_fds, payload, run_module, sha
+from support import Peer, Run, count_fds, payload, run_module, sha
 
 MiB = 1 << 20
 KiB = 1 << 10

@@ -18,9 +18,7 @@ import pytest
 from aiozc._connect import connect_accepted_socket, create_connection, create_server
 from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
-from conftest import Echo, ZCEcho
-from conftest import Run
-
+from support import Echo, Run, ZCEcho
 
 
 def _port(server: Server, i: int = 0) -> int:

@@ -22,7 +22,7 @@ import pytest
 
 import aiozc
 from aiozc import ZCConfig
-from conftest import Peer, Run, payload, sha
+from support import Peer, Run, payload, sha
 
 MiB = 1 << 20
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -22,7 +22,7 @@ import pytest
 import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 
-from conftest import Peer, Run, count_fds, count_maps, count_socket_maps, payload, sha
+from support import Peer, Run, count_fds, count_maps, count_socket_maps, payload, sha
 
 MiB = 1 << 20
 

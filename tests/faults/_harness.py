@@ -54,6 +54,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The leak counters are the whole suite's (tests/support.py: tests/ is on
+# sys.path under pytest, and on the PYTHONPATH of the suite's child processes),
+# re-exported here for the fault suite's modules.
+from support import count_fds as count_fds
+from support import count_socket_maps as count_socket_maps
+
 MiB = 1 << 20
 KiB = 1 << 10
 
@@ -407,16 +413,3 @@ def link_down(link: Link) -> None:
 def link_up(link: Link) -> None:
     subprocess.run(["ip", "-n", str(link.netns), "link", "set", str(link.ns_dev), "up"],
                    check=True, timeout=10)
-
-
-# -- leaks -------------------------------------------------------------------------
-
-
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def count_socket_maps() -> int:
-    """Mappings of sockets (aiozc windows): shown as ``socket:[inode]``."""
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "socket:[" in line)

@@ -88,7 +88,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol
 from aiozc.anyio import ZCSocketStream
 from aiozc.testing import ZeroCopySender
-from conftest import wait_acked
+from support import wait_acked
 
 QUEUED = 100_000  # more than one receive takes with the default config
 PAUSE = ZCConfig(zerocopy="always", window_size=1 << 20, region_size=128 * 1024,
@@ -299,7 +299,7 @@ def test_stream_reader_frame_larger_than_the_pinned_bound(run: Any) -> None:
 
 
 def test_release_after_the_loop_closed_under_a_starved_transport(loop_name: str) -> None:
-    from conftest import LOOPS
+    from support import LOOPS
 
     unraisable: list[str] = []  # (not the exceptions: their frames hold the transport)
 

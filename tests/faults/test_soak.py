@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_module
+from support import run_module
 
 from .conftest import Tally
 

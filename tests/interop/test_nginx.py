@@ -21,7 +21,7 @@ import pytest
 import aiozc
 import aiozc.anyio
 from aiozc import ZCConfig
-from conftest import Run
+from support import Run
 
 from .conftest import MiB, Nginx, check_stats
 

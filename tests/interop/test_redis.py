@@ -20,7 +20,7 @@ import pytest
 
 import aiozc
 from aiozc import ZCConfig
-from conftest import Run
+from support import Run
 
 from .conftest import KiB, MiB, BlockingRedis, Redis, check_stats, resp_command
 

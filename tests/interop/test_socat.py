@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCStats
-from conftest import Run
+from support import Run
 
 from .conftest import KiB, MiB, BigFile, check_stats
 
