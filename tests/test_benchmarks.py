@@ -15,6 +15,8 @@ import pytest
 
 from support import run_module
 
+pytestmark = pytest.mark.benchmarks
+
 
 @pytest.mark.timeout(180)
 def test_quick_benchmark_writes_report(tmp_path: Path) -> None:

@@ -999,6 +999,7 @@ class TestProxy:
             assert report.copied_in_user_space == 0
 
 
+@pytest.mark.benchmarks
 class TestBenchmarks:
     """``python -m benchmarks.send --quick`` and ``benchmarks.send_threshold
     --quick`` run end to end.  Smoke tests: nothing about speed is asserted;

@@ -14,6 +14,7 @@ import aiozc
 PACKAGE = Path(aiozc.__file__).parent
 
 
+@pytest.mark.typing
 def test_mypy_strict() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(PACKAGE)],
