@@ -167,7 +167,12 @@ class TestIdleConnectionsHoldNothing:
         during, after = run(main())
         assert during.slabs_in_use >= 30, during
         assert after.slabs_in_use == 0, after
-        assert after.slabs_free <= 15, after
+        # At least two half-lives passed: at most a quarter of the peak is
+        # kept (and the store's floor of 2).  The peak itself varies with
+        # how the bursts were cut into receives (~60 slabs measured, 2 per
+        # connection): a fixed bound of 15 failed in a full run beside two
+        # busy loops with 20 free, a quarter of a peak near 80.
+        assert after.slabs_free <= during.slabs_in_use // 4 + 2, (during, after)
         assert after.slabs_returned > during.slabs_returned, (during, after)
 
     def test_mapping(self, run: Run) -> None:
