@@ -62,7 +62,8 @@ from pathlib import Path
 
 from ._receivers import ReceiverSpec, all_receivers
 from ._runner import Progress, Run, available, run_matrix
-from ._machine import machine_info
+from ._machine import machine_info, machine_lines
+from ._report import median_range, size_label, table
 from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer, pin, pin_cpus
 
 KiB = 1024
@@ -96,11 +97,6 @@ T3_MAX = 1.15
 
 SENDERS = ("zerocopy", "plain")
 SENDER_LABEL = {"zerocopy": "MSG_ZEROCOPY sender", "plain": "plain send() sender"}
-
-
-def _size(n: int) -> str:
-    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else (
-        f"{n // KiB} KiB" if n >= KiB and n % KiB == 0 else f"{n} B")
 
 
 def make_jobs(scale: float) -> list[Job]:
@@ -158,20 +154,8 @@ class Results:
         return out
 
 
-def _fmt(xs: Sequence[float], digits: int = 1) -> str:
-    if not xs:
-        return "–"
-    return f"{statistics.median(xs):.{digits}f} [{min(xs):.{digits}f}–{max(xs):.{digits}f}]"
-
-
 def _cell_label(cell: tuple[str, int, str]) -> str:
-    return _size(cell[1]) if cell[0] == "bulk" else f"RPC {_size(cell[1])}"
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    return size_label(cell[1]) if cell[0] == "bulk" else f"RPC {size_label(cell[1])}"
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +180,7 @@ def targets(res: Results) -> list[tuple[str, bool, list[str]]]:
                 ratio = m / pm
                 met = ratio <= T1_MAX
                 ok &= met
-                lines.append(f"{'met' if met else '**missed**'}: {_size(size)}, "
+                lines.append(f"{'met' if met else '**missed**'}: {size_label(size)}, "
                              f"{SENDER_LABEL[sender]}, {rt}: {m:.1f} µs vs {pm:.1f} µs "
                              f"({peer}) = {ratio:.2f}x")
     out.append((f"aiozc `auto` (ZCProtocol) costs at most {T1_MAX:.2f}x the best peer's "
@@ -228,7 +212,7 @@ def targets(res: Results) -> list[tuple[str, bool, list[str]]]:
                 ratio = m / f
                 met = ratio <= T3_MAX
                 ok &= met
-                lines.append(f"{'met' if met else '**missed**'}: {_size(size)}, "
+                lines.append(f"{'met' if met else '**missed**'}: {size_label(size)}, "
                              f"{SENDER_LABEL[sender]}, {rt}: {m:.1f} µs vs floor {f:.1f} µs "
                              f"= {ratio:.2f}x")
     out.append((f"aiozc on an event loop (ZCProtocol `auto`) costs at most {T3_MAX:.2f}x "
@@ -252,10 +236,7 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
              "Receiver CPU per message (frame, or RPC request) for every receiver and "
              "workload; ratios are to the **best peer** (the cheapest non-aiozc receiver) "
              "of each cell.\n")
-    w.append(f"- Kernel: `{machine['kernel']}` ({machine['machine']})")
-    w.append(f"- CPUs: {machine['nproc']} × {machine['cpu']}")
-    w.append(f"- Python: {machine['python']}")
-    w.append(f"- Date: {machine['date']}\n")
+    w.append(machine_lines(machine) + "\n")
     sizes = sorted({j.frame_size for j in jobs if j.workload == "bulk"})
     per = {j.frame_size: j.count for j in jobs if j.workload == "bulk"}
     rpc_n = next((j.count for j in jobs if j.workload == "rpc"), 0)
@@ -267,10 +248,10 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
         "(*plain send() sender*: nothing maps, see docs/kernel.md). " + pinned)
     w.append("- **Bulk**: frames of 4-byte big-endian length + payload; the receiver "
              "CRC32s every payload. Frames per run: " + ", ".join(
-                 f"{_size(s)} × {per[s]} ({per[s] * s / MiB:.0f} MiB)" for s in sizes)
+                 f"{size_label(s)} × {per[s]} ({per[s] * s / MiB:.0f} MiB)" for s in sizes)
              + ". Fewer bytes for small frames keeps the whole run under 10 minutes.")
     w.append(f"- **RPC**: the receiver under test is the server. The peer keeps "
-             f"{RPC_WINDOW} requests of {_size(RPC_REQUEST)} (same framing) outstanding and "
+             f"{RPC_WINDOW} requests of {size_label(RPC_REQUEST)} (same framing) outstanding and "
              f"reads 4-byte replies; the server CRC32s each request and replies with the "
              f"CRC. {rpc_n} requests per run.")
     w.append("- **CPU**: the receiver process's user+sys time (`getrusage`) from the "
@@ -334,7 +315,7 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
                 row.append(f"**{txt}**" if s.name == best[c][0] else txt)
             rows.append(row)
         rows.append(["*best peer, µs/msg*"] + [f"*{best[c][1]:.1f}*" for c in cells])
-        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        w.append(table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
 
     w.append(f"![CPU per message vs frame size]({png_name})\n" if not plot_note
              else f"*{plot_note}*\n")
@@ -346,13 +327,14 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
             continue
         w.append(f"## Details, {SENDER_LABEL[sender]}\n")
         w.append("CPU µs per message, median [min–max] over the repeats.\n")
-        rows = [[s.name] + [_fmt(res.us(s.name, c)) for c in cells] for s in res.receivers]
-        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        rows = [[s.name] + [median_range(res.us(s.name, c), 1) for c in cells]
+                for s in res.receivers]
+        w.append(table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
         w.append("Throughput, MB/s (10^6 bytes of payload per second of receiver wall "
                  "time), median [min–max].\n")
-        rows = [[s.name] + [_fmt(res.field(s.name, c, "mb_per_s"), 0) for c in cells]
+        rows = [[s.name] + [median_range(res.field(s.name, c, "mb_per_s")) for c in cells]
                 for s in res.receivers]
-        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        w.append(table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
         w.append("aiozc receivers: % of the bytes that arrived in mapped pages, "
                  "median [min–max].\n")
         rows = []
@@ -360,9 +342,9 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
             if not s.aiozc:
                 continue
             rows.append([s.name] + [
-                _fmt([100 * x for x in res.field(s.name, c, "mapped_fraction")])
+                median_range([100 * x for x in res.field(s.name, c, "mapped_fraction")], 1)
                 for c in cells])
-        w.append(_table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
+        w.append(table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
     if send_md:
         # The sender side (benchmarks/send.py), run in the same invocation:
         # its tables, under one heading of this report.
@@ -409,7 +391,7 @@ def plot(res: Results, path: Path) -> str:
                         label=s.name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks(sizes, [_size(x) for x in sizes])
+        ax.set_xticks(sizes, [size_label(x) for x in sizes])
         ax.set_xlabel("frame size")
         ax.set_title(f"bulk frames, {SENDER_LABEL[sender]}")
         ax.grid(True, which="both", alpha=0.3)

@@ -29,3 +29,11 @@ def machine_info() -> dict[str, str]:
         "nproc": nproc, "python": platform.python_version(),
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
     }
+
+
+def machine_lines(m: dict[str, str]) -> str:
+    """:func:`machine_info` as the report's markdown list (kernel, CPUs, Python, date)."""
+    return (f"- Kernel: `{m['kernel']}` ({m['machine']})\n"
+            f"- CPUs: {m['nproc']} × {m['cpu']}\n"
+            f"- Python: {m['python']}\n"
+            f"- Date: {m['date']}")

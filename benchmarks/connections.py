@@ -101,7 +101,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ._machine import machine_info
+from ._machine import machine_info, machine_lines
+from ._report import median_range, size_label, table
 from ._runner import Progress
 from ._sender import HEADER, payloads, pin, pin_cpus
 
@@ -162,11 +163,6 @@ T2_MAX = 1.0
 #: run or in a short sample just before it: a busy machine.
 BUSY_CPUS = 0.25
 PRE_SAMPLE_S = 2.0
-
-
-def _size(n: int) -> str:
-    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else (
-        f"{n // KiB} KiB" if n >= KiB and n % KiB == 0 else f"{n} B")
 
 
 def raise_nofile() -> int:
@@ -1158,21 +1154,6 @@ class Results:
         return name, m
 
 
-def _fmt(xs: Sequence[float], digits: int = 0) -> str:
-    if not xs:
-        return "–"
-    m = statistics.median(xs)
-    if len(xs) == 1:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} [{min(xs):.{digits}f}–{max(xs):.{digits}f}]"
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 # ---------------------------------------------------------------------------
 # targets
 
@@ -1201,7 +1182,7 @@ def targets(res: Results, ns: Sequence[int], bursts: Sequence[int]
                     if ab is not None:
                         evaluated += 1
                         missed += 1
-                        notes.append(f"{_size(burst)} {sender}: aborted at "
+                        notes.append(f"{size_label(burst)} {sender}: aborted at "
                                       f"{ab['rss_growth'] / n / KiB:.0f}+ KiB/conn")
                         continue
                     m = res.rss_kib(rx.name, n, burst, sender)
@@ -1209,11 +1190,11 @@ def targets(res: Results, ns: Sequence[int], bursts: Sequence[int]
                     if m != m:
                         continue
                     if ref != ref:
-                        notes.append(f"{_size(burst)} {sender}: no {_protocol_ref(rx)} "
+                        notes.append(f"{size_label(burst)} {sender}: no {_protocol_ref(rx)} "
                                      "in this run")
                         continue
                     if ref <= 0:
-                        notes.append(f"{_size(burst)} {sender}: asyncio Protocol grew "
+                        notes.append(f"{size_label(burst)} {sender}: asyncio Protocol grew "
                                      f"{ref:.1f} KiB/conn, no ratio")
                         continue
                     evaluated += 1
@@ -1221,7 +1202,7 @@ def targets(res: Results, ns: Sequence[int], bursts: Sequence[int]
                     if r > T1_MAX:
                         missed += 1
                     if worst is None or r > worst[0]:
-                        worst = (r, f"{_size(burst)}, {SENDER_LABEL[sender]}: {m:.1f} vs "
+                        worst = (r, f"{size_label(burst)}, {SENDER_LABEL[sender]}: {m:.1f} vs "
                                     f"{ref:.1f} KiB")
             if not evaluated:
                 if notes:
@@ -1290,10 +1271,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
              "item 4: what an idle connection costs after one burst (phase 1), and "
              "server CPU per MB with every connection streaming at once (phase 2), for "
              "aiozc and its peers.\n")
-    w.append(f"- Kernel: `{m['kernel']}` ({m['machine']})")
-    w.append(f"- CPUs: {m['nproc']} × {m['cpu']}")
-    w.append(f"- Python: {m['python']}")
-    w.append(f"- Date: {m['date']}")
+    w.append(machine_lines(m))
     cs, ce = meta["code"], meta["code_end"]
     w.append(f"- aiozc measured: commit `{cs['commit']}`"
              + (f", with uncommitted changes in {', '.join(f'`{d}`' for d in cs['dirty'])}"
@@ -1336,7 +1314,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
         "`zerocopy=False` (*plain send() sender*: pages it cannot).")
     w.append(
         f"- **Baseline (\"before\").** The listener is up, one warm-up connection has "
-        f"sent one {_size(WARMUP)} frame through the receiver and closed, then "
+        f"sent one {size_label(WARMUP)} frame through the receiver and closed, then "
         "`gc.collect()` and 0.2 s. Snapshot: `VmRSS` and `VmPTE` from "
         "`/proc/self/status`, lines of `/proc/self/maps`.")
     w.append(
@@ -1358,7 +1336,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
     per = meta["stream_frames"]
     w.append(
         f"- **Phase 2 (all streaming at once).** In the same process, over the same N "
-        f"connections, the client sends {_size(STREAM_FRAME)} frames round-robin over "
+        f"connections, the client sends {size_label(STREAM_FRAME)} frames round-robin over "
         "every connection (a blocking send each: every connection has data queued at "
         "once): " + ", ".join(
             f"N={n:,}: {f} frame(s) per connection ({n * f * STREAM_FRAME / MiB:.0f} MiB)"
@@ -1376,7 +1354,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
         f"- **Receivers.** Callback receivers parse frames as bytes arrive (header, "
         "then the payload CRC32'd chunk by chunk; no frame is buffered whole): `asyncio "
         "Protocol` gets `bytes` and drops them; `asyncio BufferedProtocol` receives into "
-        f"its own {_size(BUFFERED_SIZE)} buffer, one per connection (`aiofastnet` the "
+        f"its own {size_label(BUFFERED_SIZE)} buffer, one per connection (`aiofastnet` the "
         "same, served by `aiofastnet.create_server`); aiozc's `ZCProtocol` is written as "
         "the README shows it (`with data:` around every view), served by "
         "`aiozc.create_server` with `ZCConfig(zerocopy=mode)`. Stream receivers read each "
@@ -1406,7 +1384,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
     w.append("")
 
     cols = [(b, s) for s in SENDERS for b in meta["bursts"]]
-    head = ["receiver"] + [f"{_size(b)}, {'MSG_ZC' if s == 'zerocopy' else 'plain'}"
+    head = ["receiver"] + [f"{size_label(b)}, {'MSG_ZC' if s == 'zerocopy' else 'plain'}"
                            for b, s in cols]
     for n in meta["connections"]:
         if not any(k[1] == n for k in res.p1) and not any(c["n"] == n for c in res.cells):
@@ -1427,13 +1405,13 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 if not xs:
                     row.append("–")
                     continue
-                txt = _fmt(xs, 1)
+                txt = median_range(xs, 1, bare_single=True)
                 b = best[c]
                 if b is not None and b[1] > 0:
                     txt += f" ({_med(xs) / b[1]:.1f}x)"
                 row.append(f"**{txt}**" if b is not None and b[0] == rx.name else txt)
             rows.append(row)
-        w.append(_table(head, rows) + "\n")
+        w.append(table(head, rows) + "\n")
         w.append("New mappings (VMAs) per connection, and page-table growth (`VmPTE`) "
                  "per connection in bytes: VMAs / PTE.\n")
         rows = []
@@ -1444,7 +1422,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 p = res.mem(rx.name, n, c[0], c[1], "VmPTE")
                 row.append(f"{_med(v):.2f} / {_med(p):.0f}" if v else "–")
             rows.append(row)
-        w.append(_table(head, rows) + "\n")
+        w.append(table(head, rows) + "\n")
         w.append("aiozc after the burst, per connection: pinned bytes (`stats.bytes_pinned`) "
                  "/ resident socket-mapped bytes (smaps) / % of the burst that arrived "
                  "mapped.\n")
@@ -1464,14 +1442,14 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                              max(1, x["zc_idle"]["bytes_received"]) for x in cs])
                 row.append(f"{pin_:.0f} / {smap:.0f} / {frac:.0f}%")
             rows.append(row)
-        w.append(_table(head, rows) + "\n")
+        w.append(table(head, rows) + "\n")
 
     for n in meta["connections"]:
         if not any(k[1] == n for k in res.p2):
             continue
         f = per.get(n, 0)
         w.append(f"## Phase 2, N = {n:,}: all streaming at once\n")
-        w.append(f"{f} × {_size(STREAM_FRAME)} per connection, "
+        w.append(f"{f} × {size_label(STREAM_FRAME)} per connection, "
                  f"{n * f * STREAM_FRAME / MiB:.0f} MiB in all. Server CPU µs per MB, "
                  "median [min–max] (ratio of the medians to the best peer), and aggregate "
                  "MB/s.\n")
@@ -1484,14 +1462,14 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 if not xs:
                     row += ["–", "–"]
                     continue
-                txt = _fmt(xs)
+                txt = median_range(xs, bare_single=True)
                 b = best2[s]
                 if b is not None:
                     txt += f" ({_med(xs) / b[1]:.2f}x)"
                 row.append(f"**{txt}**" if b is not None and b[0] == rx.name else txt)
-                row.append(_fmt(res.mbps(rx.name, n, s)))
+                row.append(median_range(res.mbps(rx.name, n, s), bare_single=True))
             rows.append(row)
-        w.append(_table(["receiver", "CPU µs/MB, MSG_ZC", "MB/s, MSG_ZC",
+        w.append(table(["receiver", "CPU µs/MB, MSG_ZC", "MB/s, MSG_ZC",
                          "CPU µs/MB, plain", "MB/s, plain"], rows) + "\n")
 
     errs = [c for c in res.cells if "error" in c]
@@ -1500,11 +1478,11 @@ def report(res: Results, meta: dict[str, Any]) -> str:
         w.append("## Cells that did not complete\n")
         for cell in aborted:
             a = cell["aborted"]
-            w.append(f"- {cell['receiver']}, N={cell['n']:,}, {_size(cell['burst'])}, "
+            w.append(f"- {cell['receiver']}, N={cell['n']:,}, {size_label(cell['burst'])}, "
                      f"{cell['sender']}: memory guard: RSS grew {a['rss_growth'] / 2**30:.2f} "
                      f"GiB ({a['frames']:,} of {cell['n']:,} burst frames in)")
         for cell in errs:
-            w.append(f"- {cell['receiver']}, N={cell['n']:,}, {_size(cell['burst'])}, "
+            w.append(f"- {cell['receiver']}, N={cell['n']:,}, {size_label(cell['burst'])}, "
                      f"{cell['sender']}: {cell['error']}")
         w.append("")
     return "\n".join(w)
@@ -1625,12 +1603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cell = run_cell(plan, client, srv_cpu, guard, args.idle)
             cells.append(cell)
             if "error" in cell:
-                log(f"{plan.rx.name}, N={plan.n}, {_size(plan.burst)}, {plan.sender}: "
+                log(f"{plan.rx.name}, N={plan.n}, {size_label(plan.burst)}, {plan.sender}: "
                     f"{cell['error']}")
             if "aborted" in cell:
-                log(f"{plan.rx.name}, N={plan.n}, {_size(plan.burst)}, {plan.sender}: "
+                log(f"{plan.rx.name}, N={plan.n}, {size_label(plan.burst)}, {plan.sender}: "
                     f"memory guard ({cell['aborted']['rss_growth'] / 2**30:.1f} GiB)")
-            progress.step(f"{plan.rx.name} N={plan.n} {_size(plan.burst)} {plan.sender}")
+            progress.step(f"{plan.rx.name} N={plan.n} {size_label(plan.burst)} {plan.sender}")
     finally:
         progress.close()
         client.close()

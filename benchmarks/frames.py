@@ -20,6 +20,7 @@ import sys
 import time
 
 from ._receivers import all_receivers
+from ._report import median_range, table
 from ._runner import Progress, available, run_matrix
 from ._sender import Job, Peer, pin, pin_cpus
 
@@ -73,21 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Linux {platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - start:.0f} s.",
         "",
-        "| runtime | receiver | µs per frame (median [min–max]) | vs the runtime's stdlib reader |",
-        "|---|---|---|---|",
     ]
     floor = statistics.median(results[_FLOOR]) if _FLOOR in results else float("nan")
+    rows = []
     for s in receivers:
         values = results[s.name]
         if s.name == _FLOOR:
-            lines.append(f"| (none) | {s.api} | {statistics.median(values):.1f} "
-                         f"[{min(values):.1f}–{max(values):.1f}] | (the floor) |")
+            rows.append(["(none)", s.api, median_range(values, 1), "(the floor)"])
             continue
         base_name = f"{_BASELINE[s.runtime]} [{s.runtime}]"
         base = statistics.median(results[base_name]) if base_name in results else float("nan")
-        med = statistics.median(values)
-        lines.append(f"| {s.runtime} | {s.api} | {med:.1f} [{min(values):.1f}–"
-                     f"{max(values):.1f}] | {med / base:.2f}x |")
+        rows.append([s.runtime, s.api, median_range(values, 1),
+                     f"{statistics.median(values) / base:.2f}x"])
+    lines.append(table(["runtime", "receiver", "µs per frame (median [min–max])",
+                        "vs the runtime's stdlib reader"], rows))
     lines += ["", "The best ratio any reader could reach on this machine is the floor over "
               "each baseline: " + ", ".join(
                   f"{rt} {floor / statistics.median(results[f'{b} [{rt}]']):.2f}x"

@@ -61,7 +61,6 @@ import platform
 import random
 import resource
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -78,6 +77,7 @@ import aiozc
 from aiozc.testing import ZeroCopySender
 
 from ._machine import machine_info
+from ._report import median_range, table
 from ._sender import pin, pin_cpus
 
 MiB = 1 << 20
@@ -443,11 +443,8 @@ def run_cell(cell: Cell, pipe: Connection, port: int, total: int, repeat: int) -
     return Result(cell, repeat, n, c1 - c0, w1 - w0, extra)
 
 
-def _fmt(values: list[float], digits: int = 0) -> str:
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+def _fmt(values: list[float]) -> str:
+    return median_range(values, bare_single=True)
 
 
 def report(results: list[Result], args: argparse.Namespace, total: int, elapsed: float) -> str:
@@ -474,33 +471,34 @@ def report(results: list[Result], args: argparse.Namespace, total: int, elapsed:
         "",
         "## 1. Sending (sender process CPU µs per MB; MB/s)",
         "",
-        "| write size | loop | sender | CPU µs/MB | MB/s | sent with MSG_ZEROCOPY |",
-        "|---|---|---|---|---|---|",
     ]
+
+    def share(rs: list[Result]) -> str:
+        zc = rs[0].extra.get("zerocopy")
+        return "—" if zc is None else f"{zc / rs[0].bytes:.0%}"
+
+    rows: list[list[str]] = []
     for (kind, name, loop, size), rs in sorted(by.items(), key=lambda kv: (kv[0][3], kv[0][2])):
         if kind != "send":
             continue
-        zc = rs[0].extra.get("zerocopy")
-        share = "—" if zc is None else f"{zc / rs[0].bytes:.0%}"
-        out.append(f"| {size // KiB} KiB | {loop} | {name} | "
-                   f"{_fmt([r.us_per_mb for r in rs])} | {_fmt([r.mb_per_s for r in rs])} | "
-                   f"{share} |")
+        rows.append([f"{size // KiB} KiB", loop, name, _fmt([r.us_per_mb for r in rs]),
+                     _fmt([r.mb_per_s for r in rs]), share(rs)])
+    out.append(table(["write size", "loop", "sender", "CPU µs/MB", "MB/s",
+                      "sent with MSG_ZEROCOPY"], rows))
     out += [
         "",
         "## 2. Proxying (proxy process CPU µs per MB forwarded; MB/s)",
         "",
-        "| loop | proxy | CPU µs/MB | MB/s | sent with MSG_ZEROCOPY | copied in user space |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for (kind, name, loop, _size), rs in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
         if kind != "proxy":
             continue
-        zc = rs[0].extra.get("zerocopy")
-        share = "—" if zc is None else f"{zc / rs[0].bytes:.0%}"
         copies = rs[0].extra.get("user_space_copies")
-        out.append(f"| {loop} | {name} | {_fmt([r.us_per_mb for r in rs])} | "
-                   f"{_fmt([r.mb_per_s for r in rs])} | {share} | "
-                   f"{'not counted' if copies is None else f'{copies} B'} |")
+        rows.append([loop, name, _fmt([r.us_per_mb for r in rs]), _fmt([r.mb_per_s for r in rs]),
+                     share(rs), "not counted" if copies is None else f"{copies} B"])
+    out.append(table(["loop", "proxy", "CPU µs/MB", "MB/s", "sent with MSG_ZEROCOPY",
+                      "copied in user space"], rows))
     return "\n".join(out) + "\n"
 
 

@@ -64,6 +64,7 @@ from aiozc._errqueue import (
 )
 from aiozc._zerocopy_send import ZeroCopySendTracker
 
+from ._report import table
 from ._sender import pin, pin_cpus
 
 _POOL = 32 << 20
@@ -321,17 +322,16 @@ def main(argv: list[str] | None = None) -> None:
         plain_udp = [r[1] for r in udp]
         variants = (("reap every send", 2), (f"reap every {_BATCH} sends", 3),
                     ("aiozc's ZeroCopySendTracker, reap every send", 4))
-        out += [
-            "| datagram | plain µs/send | "
-            + " | ".join(f"MSG_ZEROCOPY, {label}" for label, _ in variants)
-            + " | completions (copied) |",
-            "|---|---|---|---|---|---|",
-        ]
+        rows = []
         for row in udp:
             size, p = row[0], row[1]
-            cells = " | ".join(f"{row[col] * 1e6:.2f} ({(row[col] - p) * 1e6:+.2f})"
-                               for _, col in variants)
-            out.append(f"| {size} B | {p * 1e6:.2f} | {cells} | {row[5]} ({row[6]}) |")
+            rows.append([f"{size} B", f"{p * 1e6:.2f}",
+                         *(f"{row[col] * 1e6:.2f} ({(row[col] - p) * 1e6:+.2f})"
+                           for _, col in variants),
+                         f"{row[5]} ({row[6]})"])
+        out.append(table(["datagram", "plain µs/send",
+                          *(f"MSG_ZEROCOPY, {label}" for label, _ in variants),
+                          "completions (copied)"], rows))
         p0, p1 = _fit(sizes, plain_udp)
         out += ["", "Linear fits of CPU per send against size, and where they cross plain's:",
                 "", f"- plain: {p0 * 1e6:.2f} µs + {p1 * 1e6 * 1024:.4f} µs per KiB"]
@@ -346,14 +346,13 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## 2. The cost of a zerocopy send the kernel copies anyway (TCP over loopback)",
         "",
-        "| write size | plain CPU µs/MB | MSG_ZEROCOPY CPU µs/MB | Δ µs per send "
-        "| completions reported copied |",
-        "|---|---|---|---|---|",
     ]
-    for size, p, z, n, copied, all_sends in tcp:
-        mb = total / 1e6
-        out.append(f"| {size // 1024} KiB | {p * 1e6 / mb:.0f} | {z * 1e6 / mb:.0f} "
-                   f"| {(z - p) * 1e6 / n:+.1f} | {copied}/{all_sends} |")
+    mb = total / 1e6
+    out.append(table(["write size", "plain CPU µs/MB", "MSG_ZEROCOPY CPU µs/MB",
+                      "Δ µs per send", "completions reported copied"],
+                     [[f"{size // 1024} KiB", f"{p * 1e6 / mb:.0f}", f"{z * 1e6 / mb:.0f}",
+                       f"{(z - p) * 1e6 / n:+.1f}", f"{copied}/{all_sends}"]
+                      for size, p, z, n, copied, all_sends in tcp]))
     text = "\n".join(out) + "\n"
     print(text)
     if args.output:

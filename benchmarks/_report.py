@@ -1,0 +1,36 @@
+"""Markdown for the benchmark reports: tables, sizes, ``median [min–max]``.
+
+Every benchmark writes its report with these, so that the reports agree on
+how a table, a size or a spread of repeats looks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from aiozc._config import KiB, MiB
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the header row, the separator, one line per row."""
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def size_label(n: int) -> str:
+    """``n`` bytes in the largest unit that divides it: '4 KiB', '1 MiB', '100 B'."""
+    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else (
+        f"{n // KiB} KiB" if n >= KiB and n % KiB == 0 else f"{n} B")
+
+
+def median_range(xs: Sequence[float], digits: int = 0, *, bare_single: bool = False) -> str:
+    """'median [min–max]' of the repeats, '–' for none.  ``bare_single``:
+    a single repeat is shown alone, without its (empty) range."""
+    if not xs:
+        return "–"
+    med = statistics.median(xs)
+    if bare_single and len(xs) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} [{min(xs):.{digits}f}–{max(xs):.{digits}f}]"
