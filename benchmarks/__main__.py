@@ -64,7 +64,8 @@ from ._receivers import ReceiverSpec, all_receivers
 from ._runner import Progress, Run, available, run_matrix
 from ._machine import machine_info, machine_lines
 from ._report import median_range, size_label, table
-from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer, pin, pin_cpus
+from ._process import pin, pin_cpus
+from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer
 
 KiB = 1024
 MiB = 1024 * KiB

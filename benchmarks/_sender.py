@@ -21,8 +21,6 @@ the peer sends; when done it reports its own CPU time over the pipe.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import random
 import resource
 import socket
@@ -32,6 +30,8 @@ from multiprocessing.connection import Connection
 from typing import Literal
 
 from aiozc.testing import ZeroCopySender
+
+from ._process import pin, spawn, stop
 
 Workload = Literal["bulk", "rpc"]
 
@@ -101,32 +101,6 @@ def expected_crc(job: Job) -> int:
                 crc = zlib.crc32(blobs[i % _NBLOBS], crc)
         _crc_cache[key] = crc
     return _crc_cache[key]
-
-
-def pin(cpu: int | None) -> None:
-    """Pin this process to ``cpu`` (no-op for None or a one-CPU machine).
-
-    Receiver on CPU 0, sender on CPU 1: unpinned, the loopback delivery work
-    lands on whichever CPU is free and the receiver's figure swings by 2x
-    from run to run (docs/tuning.md saw the same).
-    """
-    if cpu is None:
-        return
-    # Unconditionally: a peer process inherits the receiver's pinning (one
-    # CPU, not its own), so "already restricted" says nothing here.  An
-    # earlier version skipped the call in that case, and every peer shared
-    # CPU 0 with the receiver it was measured against.
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        pass
-
-
-def pin_cpus() -> tuple[int | None, int | None]:
-    """(receiver CPU, sender CPU): the first two CPUs we may run on, or
-    (None, None) with fewer than two."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
 
 
 # ---------------------------------------------------------------------------
@@ -206,11 +180,7 @@ class Peer:
     """The long-lived peer process and the pipe that commands it."""
 
     def __init__(self, cpu: int | None) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._pipe, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_peer_main, args=(child, cpu), daemon=True)
-        self._proc.start()
-        child.close()
+        self._pipe, self._proc = spawn(_peer_main, cpu)
         if not self._pipe.poll(60) or self._pipe.recv() != "ready":
             raise RuntimeError("peer process failed to start")
 
@@ -237,11 +207,4 @@ class Peer:
 
     def close(self) -> None:
         """Stop the process."""
-        try:
-            self._pipe.send(None)
-        except OSError:
-            pass
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
+        stop(self._pipe, self._proc)

@@ -87,7 +87,6 @@ import asyncio
 import gc
 import importlib.util
 import json
-import multiprocessing
 import os
 import resource
 import socket
@@ -102,9 +101,10 @@ from pathlib import Path
 from typing import Any
 
 from ._machine import machine_info, machine_lines
+from ._process import pin, pin_cpus, spawn, stop
 from ._report import median_range, size_label, table
 from ._runner import Progress
-from ._sender import HEADER, payloads, pin, pin_cpus
+from ._sender import HEADER, payloads
 
 try:
     from aiozc.testing import ZeroCopySender
@@ -826,11 +826,7 @@ class Client:
         self._start()
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_client_main, args=(child, self.cpu), daemon=True)
-        self.proc.start()
-        child.close()
+        self.pipe, self.proc = spawn(_client_main, self.cpu)
         try:
             if not self.pipe.poll(60):
                 raise EOFError
@@ -858,14 +854,7 @@ class Client:
         return float(value)
 
     def close(self) -> None:
-        try:
-            self.pipe.send(None)
-        except OSError:
-            pass
-        self.proc.join(30)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join()
+        stop(self.pipe, self.proc, 30)
 
 
 # ---------------------------------------------------------------------------
@@ -928,13 +917,8 @@ def run_cell(plan: Plan, client: Client, cpu: int | None, guard_limit: int,
                            "runtime": plan.rx.runtime, "aiozc": plan.rx.aiozc,
                            "mode": plan.rx.mode, "n": plan.n, "burst": plan.burst,
                            "sender": plan.sender, "k": plan.k}
-    ctx = multiprocessing.get_context("spawn")
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=_server_main, args=(child, plan.rx.name, cpu, guard_limit),
-                       daemon=True)
     t_cell = time.perf_counter()
-    proc.start()
-    child.close()
+    pipe, proc = spawn(_server_main, plan.rx.name, cpu, guard_limit)
     n = plan.n
     connected = clean = False
     try:

@@ -19,10 +19,11 @@ import statistics
 import sys
 import time
 
+from ._process import pin, pin_cpus
 from ._receivers import all_receivers
 from ._report import median_range, table
 from ._runner import Progress, available, run_matrix
-from ._sender import Job, Peer, pin, pin_cpus
+from ._sender import Job, Peer
 
 #: The frame size this report is about (the size of the README's figure).
 FRAME = 32 * 1024

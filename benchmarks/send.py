@@ -55,7 +55,6 @@ import argparse
 import asyncio
 import datetime
 import importlib.util
-import multiprocessing
 import os
 import platform
 import random
@@ -78,7 +77,7 @@ from aiozc.testing import ZeroCopySender
 
 from ._machine import machine_info
 from ._report import median_range, table
-from ._sender import pin, pin_cpus
+from ._process import pin, pin_cpus, spawn, stop
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -520,11 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         _blobs(size)  # off the clock
 
     tx_cpu, rx_cpu = pin_cpus()
-    ctx = multiprocessing.get_context("spawn")
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=_helper, args=(child, rx_cpu), daemon=True)
-    proc.start()
-    child.close()
+    pipe, proc = spawn(_helper, rx_cpu)
     port = pipe.recv()
     pin(tx_cpu)
     started = time.monotonic()
@@ -535,10 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             for cell in order:
                 results.append(run_cell(cell, pipe, port, total, repeat))
     finally:
-        pipe.send(None)
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+        stop(pipe, proc)
     text = report(results, args, total, time.monotonic() - started)
     Path(args.output).write_text(text)
     if args.print:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import multiprocessing
 import os
 import platform
 import select
@@ -64,8 +63,8 @@ from aiozc._errqueue import (
 )
 from aiozc._zerocopy_send import ZeroCopySendTracker
 
+from ._process import pin, pin_cpus, spawn
 from ._report import table
-from ._sender import pin, pin_cpus
 
 _POOL = 32 << 20
 _CLONE_NEWNET = 0x40000000
@@ -270,18 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     total = (4 if args.quick else 64) << 20
     repeats = args.repeats or (2 if args.quick else 9)
     tx_cpu, rx_cpu = pin_cpus()
-    ctx = multiprocessing.get_context("spawn")
     started = time.monotonic()
 
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=_udp_child, args=(child, tx_cpu, total, repeats), daemon=True)
-    proc.start()
+    pipe, proc = spawn(_udp_child, tx_cpu, total, repeats)
     udp_status, udp = pipe.recv()
     proc.join()
 
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=_tcp_receiver, args=(child, rx_cpu), daemon=True)
-    proc.start()
+    pipe, proc = spawn(_tcp_receiver, rx_cpu)
     port = pipe.recv()
     pin(tx_cpu)
     tcp = []

@@ -42,8 +42,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import multiprocessing
-import os
 import random
 import resource
 import select
@@ -64,6 +62,7 @@ from aiozc._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from aiozc.testing import ZeroCopySender
 
 from ._machine import machine_info, machine_lines
+from ._process import pin, pin_cpus, spawn, stop
 from ._report import median_range, table
 
 Policy = Literal["auto", "always", "never"]
@@ -197,8 +196,7 @@ def _stream_pieces(bufs: Sequence[bytes], nbytes: int) -> Iterable[bytes]:
 
 def _sender_main(conn: Connection, cpu: int | None) -> None:
     """Serve runs: for each (port, nbytes, zerocopy) connect and send."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+    pin(cpu)
     bufs = _make_buffers()
     conn.send("ready")
     while True:
@@ -227,11 +225,7 @@ class SenderProcess:
     """The long-lived sender process and the pipe that commands it."""
 
     def __init__(self, cpu: int | None) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_sender_main, args=(child, cpu), daemon=True)
-        self._proc.start()
-        child.close()
+        self._conn, self._proc = spawn(_sender_main, cpu)
         if self._conn.recv() != "ready":
             raise RuntimeError("sender process failed to start")
 
@@ -248,14 +242,7 @@ class SenderProcess:
 
     def close(self) -> None:
         """Stop the process."""
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
+        stop(self._conn, self._proc)
 
 
 # ---------------------------------------------------------------------------
@@ -704,46 +691,44 @@ def _receive_size(plan: Plan, fig: _Figures) -> Section:
 
 def _copybuf_size(plan: Plan, fig: _Figures) -> Section:
     """Section 2: copybuf_size, mapping the MSG_ZEROCOPY peer's bytes."""
-    out = ["## 2. copybuf_size (zerocopy='always', MSG_ZEROCOPY peer)\n"]
-    d_cb = _DEFAULT.copybuf_size
-    cbc = dict(plan.sec2)
-    rows = [[_size(cb), fig.col(c, "us_per_mb"),
-             "baseline" if cb == d_cb else str(fig.vs(c, cbc[d_cb])),
-             fig.col(c, "mb_per_s"), fig.col(c, "mapped_pct", 1), fig.col(c, "calls_per_mb", 1)]
-            for cb, c in plan.sec2]
-    out.append(table(["copybuf_size", "CPU µs/MB", f"paired Δ vs {_size(d_cb)}", "MB/s",
-                      "% mapped", "receive calls/MB"], rows) + "\n")
-    alts = {cb: fig.vs(c, cbc[d_cb]) for cb, c in plan.sec2 if cb != d_cb}
-    pick = _recommend(d_cb, alts)
-    return out, (f"- **copybuf_size** (default {_size(d_cb)}): paired CPU vs the default: "
-                 + ", ".join(f"{_size(cb)} {p}" for cb, p in alts.items())
-                 + "; mapped " + ", ".join(f"{_size(cb)} {fig.mstat(c, 'mapped_pct'):.1f}%"
-                                           for cb, c in plan.sec2)
-                 + "; receive calls/MB " + ", ".join(
-                     f"{_size(cb)} {fig.mstat(c, 'calls_per_mb'):.1f}" for cb, c in plan.sec2)
-                 + f". The data supports **{_size(pick)}**"
-                 + (" (the current default)." if pick == d_cb else "."))
+    return _one_knob(fig, 2, "copybuf_size", _DEFAULT.copybuf_size, plan.sec2,
+                     [("% mapped", "mapped_pct", 1), ("receive calls/MB", "calls_per_mb", 1)],
+                     [("mapped", "mapped_pct", "{:.1f}%"),
+                      ("receive calls/MB", "calls_per_mb", "{:.1f}")])
 
 
 def _region_size(plan: Plan, fig: _Figures) -> Section:
     """Section 3: region_size, mapping the MSG_ZEROCOPY peer's bytes."""
-    out = ["## 3. region_size (zerocopy='always', MSG_ZEROCOPY peer)\n"]
-    d_rg = _DEFAULT.region_size
-    rgc = dict(plan.sec3)
-    rows = [[_size(rg), fig.col(c, "us_per_mb"),
-             "baseline" if rg == d_rg else str(fig.vs(c, rgc[d_rg])),
-             fig.col(c, "mb_per_s"), fig.col(c, "zap_calls"), fig.col(c, "regions_recycled"),
-             fig.col(c, "mapped_pct", 1)] for rg, c in plan.sec3]
-    out.append(table(["region_size", "CPU µs/MB", f"paired Δ vs {_size(d_rg)}", "MB/s",
-                      "zap_calls", "regions_recycled", "% mapped"], rows) + "\n")
-    alts = {rg: fig.vs(c, rgc[d_rg]) for rg, c in plan.sec3 if rg != d_rg}
-    pick = _recommend(d_rg, alts)
-    return out, (f"- **region_size** (default {_size(d_rg)}): paired CPU vs the default: "
-                 + ", ".join(f"{_size(rg)} {p}" for rg, p in alts.items())
-                 + "; zap_calls per run " + ", ".join(
-                     f"{_size(rg)} {fig.mstat(c, 'zap_calls'):.0f}" for rg, c in plan.sec3)
-                 + f". The data supports **{_size(pick)}**"
-                 + (" (the current default)." if pick == d_rg else "."))
+    return _one_knob(fig, 3, "region_size", _DEFAULT.region_size, plan.sec3,
+                     [("zap_calls", "zap_calls", 0), ("regions_recycled", "regions_recycled", 0),
+                      ("% mapped", "mapped_pct", 1)],
+                     [("zap_calls per run", "zap_calls", "{:.0f}")])
+
+
+def _one_knob(fig: _Figures, number: int, knob: str, default: int,
+              cells: list[tuple[int, Cell]], columns: list[tuple[str, str, int]],
+              notes: list[tuple[str, str, str]]) -> Section:
+    """A section that varies one size on the mapping path ('always',
+    MSG_ZEROCOPY peer) against its default: the table (CPU, paired Δ, MB/s,
+    then ``columns``: header, Run attribute, digits) and the recommendation
+    (paired Δ, then ``notes``: label, Run attribute, format of its median)."""
+    base = dict(cells)[default]
+    rows = [[_size(v), fig.col(c, "us_per_mb"),
+             "baseline" if v == default else str(fig.vs(c, base)),
+             fig.col(c, "mb_per_s"), *(fig.col(c, attr, digits) for _, attr, digits in columns)]
+            for v, c in cells]
+    out = [f"## {number}. {knob} (zerocopy='always', MSG_ZEROCOPY peer)\n",
+           table([knob, "CPU µs/MB", f"paired Δ vs {_size(default)}", "MB/s",
+                  *(head for head, _, _ in columns)], rows) + "\n"]
+    alts = {v: fig.vs(c, base) for v, c in cells if v != default}
+    pick = _recommend(default, alts)
+    rec = (f"- **{knob}** (default {_size(default)}): paired CPU vs the default: "
+           + ", ".join(f"{_size(v)} {p}" for v, p in alts.items()))
+    for label, attr, fmt in notes:
+        rec += f"; {label} " + ", ".join(f"{_size(v)} {fmt.format(fig.mstat(c, attr))}"
+                                        for v, c in cells)
+    return out, (rec + f". The data supports **{_size(pick)}**"
+                 + (" (the current default)." if pick == default else "."))
 
 
 def _policy(plan: Plan, fig: _Figures, nbytes: int) -> Section:
@@ -1097,12 +1082,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[tune] {msg}", file=sys.stderr, flush=True)
 
     machine = machine_lines(machine_info())  # before pinning: nproc honours the affinity mask
-    cpus = sorted(os.sched_getaffinity(0))
-    rx_cpu = snd_cpu = None
+    rx_cpu, snd_cpu = pin_cpus() if args.pin else (None, None)
     pinned = "Nothing pinned."
-    if args.pin and len(cpus) >= 2:
-        rx_cpu, snd_cpu = cpus[0], cpus[1]
-        os.sched_setaffinity(0, {rx_cpu})
+    if rx_cpu is not None:
+        pin(rx_cpu)
         pinned = f"Receiver pinned to CPU {rx_cpu}, sender process to CPU {snd_cpu}."
     plan = make_plan()
     ncells = len(plan.cells())
