@@ -63,7 +63,7 @@ from pathlib import Path
 from ._receivers import ReceiverSpec, all_receivers
 from ._runner import Progress, Run, available, run_matrix
 from ._machine import machine_info, machine_lines
-from ._report import median_range, size_label, table
+from ._report import median, median_range, size_label, table
 from ._process import pin, pin_cpus
 from ._sender import HEADER, RPC_REQUEST, RPC_WINDOW, Job, Peer
 
@@ -135,8 +135,7 @@ class Results:
 
     def med(self, rx: str, cell: tuple[str, int, str]) -> float:
         """Median CPU µs per message (NaN if the receiver did not run)."""
-        xs = self.us(rx, cell)
-        return statistics.median(xs) if xs else float("nan")
+        return median(self.us(rx, cell))
 
     def best_peer(self, cell: tuple[str, int, str]) -> tuple[str, float]:
         """The non-aiozc receiver with the lowest median CPU per message."""

@@ -25,6 +25,11 @@ def size_label(n: int) -> str:
         f"{n // KiB} KiB" if n >= KiB and n % KiB == 0 else f"{n} B")
 
 
+def median(xs: Sequence[float]) -> float:
+    """The median of the repeats, NaN for none (a receiver that did not run)."""
+    return statistics.median(xs) if xs else float("nan")
+
+
 def median_range(xs: Sequence[float], digits: int = 0, *, bare_single: bool = False) -> str:
     """'median [min–max]' of the repeats, '–' for none.  ``bare_single``:
     a single repeat is shown alone, without its (empty) range."""

@@ -90,7 +90,6 @@ import json
 import os
 import resource
 import socket
-import statistics
 import sys
 import time
 import zlib
@@ -102,7 +101,7 @@ from typing import Any
 
 from ._machine import machine_info, machine_lines
 from ._process import pin, pin_cpus, spawn, stop
-from ._report import median_range, size_label, table
+from ._report import median, median_range, size_label, table
 from ._runner import Progress
 from ._sender import HEADER, payloads
 
@@ -1076,10 +1075,6 @@ def _per_conn(cell: dict[str, Any], key: str) -> float | None:
     return float(cell["after"][key] - cell["before"][key]) / int(cell["n"])
 
 
-def _med(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 class Results:
     """Cells grouped for the tables."""
 
@@ -1100,7 +1095,7 @@ class Results:
                 if (v := _per_conn(c, key)) is not None]
 
     def rss_kib(self, rx: str, n: int, burst: int, sender: str) -> float:
-        return _med(self.mem(rx, n, burst, sender, "VmRSS")) / KiB
+        return median(self.mem(rx, n, burst, sender, "VmRSS")) / KiB
 
     def aborted(self, rx: str, n: int, burst: int, sender: str) -> dict[str, Any] | None:
         for c in self.cells:
@@ -1130,7 +1125,7 @@ class Results:
                 for c in self.p2.get((rx, n, sender), [])]
 
     def best_cpu_peer(self, n: int, sender: str) -> tuple[str, float] | None:
-        peers = [(_med(self.cpu(s.name, n, sender)), s.name) for s in self.receivers
+        peers = [(median(self.cpu(s.name, n, sender)), s.name) for s in self.receivers
                  if not s.aiozc and self.cpu(s.name, n, sender)]
         if not peers:
             return None
@@ -1219,7 +1214,7 @@ def targets(res: Results, ns: Sequence[int], bursts: Sequence[int]
                 xs = res.cpu(rx.name, n2, sender)
                 if not xs:
                     continue
-                m = _med(xs)
+                m = median(xs)
                 r = m / pm
                 judged = rx.kind == "zc" and rx.mode == "auto"
                 if judged:
@@ -1392,7 +1387,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 txt = median_range(xs, 1, bare_single=True)
                 b = best[c]
                 if b is not None and b[1] > 0:
-                    txt += f" ({_med(xs) / b[1]:.1f}x)"
+                    txt += f" ({median(xs) / b[1]:.1f}x)"
                 row.append(f"**{txt}**" if b is not None and b[0] == rx.name else txt)
             rows.append(row)
         w.append(table(head, rows) + "\n")
@@ -1404,7 +1399,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
             for c in cols:
                 v = res.mem(rx.name, n, c[0], c[1], "maps")
                 p = res.mem(rx.name, n, c[0], c[1], "VmPTE")
-                row.append(f"{_med(v):.2f} / {_med(p):.0f}" if v else "–")
+                row.append(f"{median(v):.2f} / {median(p):.0f}" if v else "–")
             rows.append(row)
         w.append(table(head, rows) + "\n")
         w.append("aiozc after the burst, per connection: pinned bytes (`stats.bytes_pinned`) "
@@ -1420,9 +1415,9 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 if not cs or cs[0]["zc_idle"] is None:
                     row.append("–")
                     continue
-                pin_ = _med([x["zc_idle"]["bytes_pinned"] / n for x in cs])
-                smap = _med([x["after"].get("socket_rss", 0) / n for x in cs])
-                frac = _med([100 * x["zc_idle"]["bytes_mapped"] /
+                pin_ = median([x["zc_idle"]["bytes_pinned"] / n for x in cs])
+                smap = median([x["after"].get("socket_rss", 0) / n for x in cs])
+                frac = median([100 * x["zc_idle"]["bytes_mapped"] /
                              max(1, x["zc_idle"]["bytes_received"]) for x in cs])
                 row.append(f"{pin_:.0f} / {smap:.0f} / {frac:.0f}%")
             rows.append(row)
@@ -1449,7 +1444,7 @@ def report(res: Results, meta: dict[str, Any]) -> str:
                 txt = median_range(xs, bare_single=True)
                 b = best2[s]
                 if b is not None:
-                    txt += f" ({_med(xs) / b[1]:.2f}x)"
+                    txt += f" ({median(xs) / b[1]:.2f}x)"
                 row.append(f"**{txt}**" if b is not None and b[0] == rx.name else txt)
                 row.append(median_range(res.mbps(rx.name, n, s), bare_single=True))
             rows.append(row)

@@ -46,7 +46,6 @@ import random
 import resource
 import select
 import socket
-import statistics
 import sys
 import time
 import zlib
@@ -63,7 +62,7 @@ from aiozc.testing import ZeroCopySender
 
 from ._machine import machine_info, machine_lines
 from ._process import pin, pin_cpus, spawn, stop
-from ._report import median_range, table
+from ._report import median, median_range, table
 
 Policy = Literal["auto", "always", "never"]
 
@@ -347,10 +346,6 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _med(xs: Sequence[float]) -> float:
-    return statistics.median(xs)
-
-
 @dataclass(frozen=True)
 class Paired:
     """A cell against a baseline, repeat by repeat (runs of one repeat ran
@@ -384,7 +379,7 @@ class Paired:
 
 def _paired(xs: Sequence[float], base: Sequence[float]) -> Paired:
     ratios = [100.0 * (x / b - 1.0) for x, b in zip(xs, base)]
-    return Paired(_med(ratios), sum(1 for r in ratios if r < 0), len(ratios))
+    return Paired(median(ratios), sum(1 for r in ratios if r < 0), len(ratios))
 
 
 def _recommend(default: int, alternatives: dict[int, Paired]) -> int:
@@ -605,7 +600,7 @@ class _Figures:
 
     def mcpu(self, c: Cell) -> float:
         """Median receiver CPU µs/MB."""
-        return _med(self.cpu(c))
+        return median(self.cpu(c))
 
     def col(self, c: Cell, attr: str, digits: int = 0) -> str:
         """A table entry: one attribute of the runs, 'median [min–max]'."""
@@ -617,7 +612,7 @@ class _Figures:
 
     def mstat(self, c: Cell, attr: str) -> float:
         """Median of one attribute of the runs."""
-        return _med([float(getattr(r, attr)) for r in self.res[c]])
+        return median([float(getattr(r, attr)) for r in self.res[c]])
 
     def map_copy(self, plan: Plan) -> tuple[float, float]:
         """Median CPU of mapping ('always') and of copying ('never') the
@@ -779,7 +774,7 @@ def _policy_table(plan: Plan, fig: _Figures) -> str:
                      "baseline" if pol == "never" else str(fig.vs(c, s4[(peer, "never")])),
                      fig.col(c, "mb_per_s"), fig.col(c, "mapped_pct", 1),
                      fig.col(c, "calls_per_mb", 1), fig.col(c, "sender_us_per_mb"),
-                     "/".join(modes), f"{_med([r.mode_switches for r in runs]):g}"])
+                     "/".join(modes), f"{median([r.mode_switches for r in runs]):g}"])
     return table(["peer", "zerocopy", "CPU µs/MB", "paired Δ vs never", "MB/s", "% mapped",
                   "receive calls/MB", "sender CPU µs/MB", "final mode", "mode switches"],
                  rows) + "\n"
@@ -892,7 +887,7 @@ def _first_probe_errors(plan: Plan, fig: _Figures) -> list[str]:
                 est = _window_cost(r.pump_bytes, r.pump_ns, start_mult * p, p)
                 if est is not None:
                     errs.append(100.0 * (est / _run_cost(r) - 1.0))
-            row.append(f"{_med(errs):+.1f} [{min(errs):+.1f}…{max(errs):+.1f}]%"
+            row.append(f"{median(errs):+.1f} [{min(errs):+.1f}…{max(errs):+.1f}]%"
                        if errs else "–")
         rows.append(row)
     return [
@@ -913,7 +908,7 @@ def _reprobe_errors(plan: Plan, fig: _Figures) -> list[str]:
         for p in _PROBE_CANDIDATES:
             errs = [100 * e for r in fig.res[c]
                     for e in _window_errors(r.pump_bytes, r.pump_ns, _STEADY_START, p)]
-            row.append(f"{_med(errs):.1f} [{max(errs):.1f}]%" if errs else "–")
+            row.append(f"{median(errs):.1f} [{max(errs):.1f}]%" if errs else "–")
         rows.append(row)
     return [
         (f"**Reprobe (steady state).** Every back-to-back window of P bytes after the "
