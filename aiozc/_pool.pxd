@@ -31,20 +31,21 @@ cdef class SlabStore:
     cdef size_t slab_size
     cdef char **free_slabs     # a stack: the most recently given back on top
     cdef size_t *free_faulted  # how much of each free slab is faulted in
-    cdef long long *free_since # when each was given back (CLOCK_MONOTONIC ns)
+    cdef long long *free_since # when each was given back (CLOCK_MONOTONIC_COARSE ns)
     cdef int ncold             # free_slabs[:ncold] hold no pages (oldest first)
     cdef int nfree
     cdef int cap
     cdef Py_ssize_t in_use     # slabs taken and not given back
     cdef Py_ssize_t demand     # the recent peak of in_use (decays)
-    cdef long long demand_at   # when demand last decayed (CLOCK_MONOTONIC ns)
+    cdef long long demand_at   # when demand last decayed (CLOCK_MONOTONIC_COARSE ns)
+    cdef long long trimmed_at  # when trim() last ran
     cdef Py_ssize_t mapped     # slabs mapped: in use and free
     cdef Py_ssize_t unmapped   # slabs given back to the OS, ever
 
     cdef char *take(self, size_t *faulted) noexcept
     cdef void give(self, char *slab, size_t faulted) noexcept
     cdef void trim(self) noexcept
-    cdef void _decay(self) noexcept
+    cdef void _decay(self, long long now) noexcept
 
 
 @cython.final

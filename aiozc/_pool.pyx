@@ -75,9 +75,16 @@ cdef void _drop_pages(char *ptr, size_t used) noexcept:
     madvise(ptr - SKEW, length, MADV_DONTNEED)
 
 
+cdef extern from "<time.h>" nogil:
+    enum: CLOCK_MONOTONIC_COARSE
+
+
 cdef long long _now_ns() noexcept:
+    # The store's clock decides things on a scale of 0.2 to 1 s; the coarse
+    # clock (a few ms of resolution) is read from the vDSO without the
+    # TSC read and scaling, and give() reads it once per pump.
     cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
@@ -125,8 +132,7 @@ cdef class SlabStore:
         free(self.free_faulted)
         free(self.free_since)
 
-    cdef void _decay(self) noexcept:
-        cdef long long now = _now_ns()
+    cdef void _decay(self, long long now) noexcept:
         while now - self.demand_at >= DEMAND_HALF_LIFE_NS:
             self.demand = max(self.in_use, self.demand // 2)
             self.demand_at += DEMAND_HALF_LIFE_NS
@@ -159,8 +165,9 @@ cdef class SlabStore:
         again, and drop the pages of those free for longer than COLD_AFTER_NS
         (the longest-unused first: the stack's bottom)."""
         cdef int k, i
-        cdef long long cold_before
-        self._decay()
+        cdef long long now = _now_ns()
+        self.trimmed_at = now
+        self._decay(now)
         k = self.nfree - <int>max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use)
         if k > 0:
             for i in range(k):
@@ -172,8 +179,7 @@ cdef class SlabStore:
             self.ncold = max(0, self.ncold - k)
             self.mapped -= k
             self.unmapped += k
-        cold_before = _now_ns() - COLD_AFTER_NS
-        while self.ncold < self.nfree and self.free_since[self.ncold] <= cold_before:
+        while self.ncold < self.nfree and self.free_since[self.ncold] <= now - COLD_AFTER_NS:
             if self.free_faulted[self.ncold]:
                 _drop_pages(self.free_slabs[self.ncold], self.free_faulted[self.ncold])
                 self.free_faulted[self.ncold] = 0
@@ -183,6 +189,7 @@ cdef class SlabStore:
         cdef char **slabs
         cdef size_t *sizes
         cdef long long *since
+        cdef long long now = _now_ns()
         cdef int cap
         self.in_use -= 1
         if self.nfree == self.cap:
@@ -204,9 +211,14 @@ cdef class SlabStore:
             self.cap = cap
         self.free_slabs[self.nfree] = slab
         self.free_faulted[self.nfree] = faulted
-        self.free_since[self.nfree] = _now_ns()
+        self.free_since[self.nfree] = now
         self.nfree += 1
-        self.trim()
+        # give() runs after every pump whose slab no view holds (Pool.settle):
+        # trim only when there is something to unmap, or cold pages may be
+        # due (at most every COLD_AFTER_NS / 4); otherwise this is a push.
+        if (self.nfree > KEEP_FREE and self.nfree > self.demand - self.in_use) \
+                or now - self.trimmed_at >= COLD_AFTER_NS // 4:
+            self.trim()
 
 
 cdef dict _stores = {}

@@ -138,6 +138,7 @@ class ZCTransport(_FlowControlMixin):
         "_starved",
         "_sweeper",
         "_want",
+        "_watched",
         "_writer_on",
         "_zc",
         "__weakref__",
@@ -194,6 +195,7 @@ class ZCTransport(_FlowControlMixin):
                             eager_errors=quirks.collect_errors_eagerly,
                             budget=budget_for(loop))
         self._pumps = 0  # engine pumps so far: an idle connection's count stands still
+        self._watched = False  # in the sweeper's watch (see _IdleSweeper)
         self._sweeper = _sweeper_for(loop)
         # Weakly: the engine's pool outlives the transport while views are
         # held, and must not call into a transport the garbage collector is
@@ -439,12 +441,13 @@ class ZCTransport(_FlowControlMixin):
             return 0
         if self._closing:
             return n  # closed by a callback: nothing more is delivered
-        # Noted after every pump (not only drained ones: a pump that stops at
-        # its budget may have taken the last byte, and no event follows).
-        sweeper = self._sweeper
-        sweeper._noted[self] = self._pumps
-        if sweeper._timer is None:
-            sweeper._timer = self._loop.call_later(_IDLE_AFTER, sweeper._sweep)
+        # Watched after any pump (not only drained ones: a pump that stops at
+        # its budget may have taken the last byte, and no event follows); a
+        # watched connection costs the sweeper one look per IDLE_AFTER, and
+        # its pumps nothing more than the flag test.
+        if not self._watched:
+            self._watched = True
+            self._sweeper.watch(self)
         if n == PUMP_EOF:
             self._read_eof()
         elif n == PUMP_STARVED:
@@ -1088,7 +1091,7 @@ class ZCTransport(_FlowControlMixin):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            self._sweeper._noted.pop(self, None)
+            self._sweeper.forget(self)
             self._rx.on_release = None
             self._rx.close()
             if self._zc.pending:
@@ -1155,8 +1158,9 @@ class ZCTransport(_FlowControlMixin):
 # once: a busy connection drains the socket at most events, and giving back
 # and taking again at each would cost it (a zap per event where batches of
 # four regions amortise the TLB flush).  A per-loop sweeper notes drained
-# connections and, IDLE_AFTER seconds later, releases those whose pump count
-# has not moved: one timer per loop, whatever the number of connections.
+# connections and releases those whose pump count has not moved for
+# IDLE_AFTER seconds: one timer per loop, whatever the number of connections,
+# and nothing per receive but a flag test.
 _IDLE_AFTER = 0.05
 # How often the slab stores are trimmed while a quiet process still holds
 # free slabs: pages of slabs free for 0.2 s are dropped, and demand halves
@@ -1169,24 +1173,46 @@ class _IdleSweeper:
     # One per loop while it has connections: the transports hold it, and the
     # registry below only weakly, so it goes with them (and an abandoned
     # loop's cycle of transports and sweeper is garbage like any other).
-    __slots__ = ("_noted", "_timer", "__weakref__")
+    __slots__ = ("_loop", "_watched", "_timer", "__weakref__")
 
-    def __init__(self) -> None:
-        self._noted: dict[ZCTransport, int] = {}
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Each watched transport, with its pump count at the last sweep (-1:
+        # not swept yet).  A transport is released, and leaves the watch,
+        # once a sweep finds the count it recorded the sweep before.
+        self._watched: dict[ZCTransport, int] = {}
         self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, transport: ZCTransport) -> None:
+        """Look at ``transport`` at the next sweeps, until it has gone idle."""
+        self._watched[transport] = -1
+        if self._timer is None:
+            self._timer = self._loop.call_later(_IDLE_AFTER, self._sweep)
+
+    def forget(self, transport: ZCTransport) -> None:
+        """``transport`` is gone: stop watching it."""
+        self._watched.pop(transport, None)
 
     def _sweep(self) -> None:
         self._timer = None
-        noted, self._noted = self._noted, {}
-        loop = None
-        for transport, pumps in noted.items():
-            loop = transport._loop
-            if transport._pumps == pumps and not transport._closing:
+        watched = self._watched
+        for transport, pumps in list(watched.items()):
+            if transport._closing:
+                del watched[transport]
+                transport._watched = False
+            elif transport._pumps == pumps:
+                del watched[transport]
+                transport._watched = False
                 transport._rx.release_idle()
+            else:
+                watched[transport] = transport._pumps
+        if watched:
+            self._timer = self._loop.call_later(_IDLE_AFTER, self._sweep)
         # The shared slab stores keep free slabs for recent demand, which
         # decays with time: while they hold more than their floor, look
         # again a little later (a quiet server ends up holding none).
-        if loop is not None and loop not in _trimming and trim_slab_stores():
+        loop = self._loop
+        if loop not in _trimming and trim_slab_stores():
             _trimming.add(loop)
             loop.call_later(_TRIM_AFTER, _trim_later, weakref.ref(loop))
 
@@ -1199,7 +1225,7 @@ _sweepers: weakref.WeakValueDictionary[int, _IdleSweeper] = weakref.WeakValueDic
 def _sweeper_for(loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
     sweeper = _sweepers.get(id(loop))
     if sweeper is None:
-        sweeper = _sweepers[id(loop)] = _IdleSweeper()
+        sweeper = _sweepers[id(loop)] = _IdleSweeper(loop)
     return sweeper
 
 

@@ -599,6 +599,17 @@ def _zc_totals(hub: Hub) -> dict[str, Any] | None:
     return tot
 
 
+def _pool() -> dict[str, int] | None:
+    """aiozc's process-wide slab figures (aiozc.memory_stats), if aiozc is loaded."""
+    if "aiozc" not in sys.modules:
+        return None
+    import aiozc
+
+    st = aiozc.memory_stats()
+    return {"slabs_in_use": st.slabs_in_use, "slabs_free": st.slabs_free,
+            "slab_bytes": st.slab_bytes, "slabs_returned": st.slabs_returned}
+
+
 def _rusage() -> tuple[float, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime, ru.ru_stime
@@ -681,7 +692,8 @@ async def _serve(rx: Receiver, pipe: Connection, guard_limit: int) -> None:
                 gc.collect()
                 await asyncio.sleep(idle_s)
                 snap = snapshot(True)
-                pipe.send(("idle", {"snap": snap, "zc": _zc_totals(hub), "bad": hub.bad,
+                pipe.send(("idle", {"snap": snap, "zc": _zc_totals(hub), "pool": _pool(),
+                                    "bad": hub.bad,
                                     "frames": hub.frames, "live": hub.live(),
                                     "burst_s": took}))
             elif op == "stream-arm":
@@ -952,6 +964,7 @@ def run_cell(plan: Plan, client: Client, cpu: int | None, guard_limit: int,
         idle = _expect(pipe, "idle", _timeout(burst_bytes) + idle_s + 60)
         out["after"] = idle["snap"]
         out["zc_idle"] = idle["zc"]
+        out["pool_idle"] = idle.get("pool")
         out["bad_frames"] = idle["bad"]
         out["burst_s"] = idle["burst_s"]
         out["live"] = idle["live"]
