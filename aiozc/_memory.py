@@ -15,13 +15,17 @@ nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import final
 
-from ._pool import Budget, slab_stores
+from ._pool import Budget, set_trim_hook, slab_stores, trim_slab_stores
 
-__all__ = ["ZCMemoryStats", "budget_for", "memory_stats", "running_budget", "set_memory_limit"]
+__all__ = [
+    "ZCMemoryStats", "budget_for", "memory_stats", "running_budget", "set_memory_limit",
+]
 
 #: The loop-wide bound when none was set: none (each connection's own bound
 #: still holds).  A server that lets applications hold views should set one.
@@ -36,6 +40,64 @@ def budget_for(key: object) -> Budget:
     if budget is None:
         budget = _budgets[key] = Budget(UNBOUNDED)
     return budget
+
+
+# -- giving free slabs back while the process is quiet -------------------------
+#
+# The slab stores (_pool.pyx) trim themselves as slabs are given back, but a
+# process that went quiet gives nothing back any more, and its free slabs must
+# still go cold (pages dropped after 0.2 s) and be unmapped as demand decays
+# (halving each second).  One daemon thread does it for the whole process,
+# whatever runs its connections (asyncio, uvloop, trio, a blocking loop): the
+# stores call keep_trimming() at the first slab given back after a quiet
+# spell; the thread wakes every TRIM_EVERY seconds while some store holds
+# more than its floor, and ends when none does.  Trimming touches free slabs
+# only (no connection can reach them) and runs with the GIL held, like every
+# store operation.
+#
+# Why a thread and not a timer on the loop: a trio run has no call_later,
+# and the stores are the process's, not a loop's.  The thread sleeps between
+# rounds; a round is a few munmap/madvise calls.
+TRIM_EVERY = 0.25
+
+_trimmer_lock = threading.Lock()
+_trimmer: threading.Thread | None = None
+
+
+def _trim_until_quiet() -> None:
+    global _trimmer
+    event = threading.Event()
+    while True:
+        event.wait(TRIM_EVERY)
+        # Under the lock: the store re-arms its hook when this finds nothing
+        # more to do, and a keep_trimming() call from then on must find the
+        # thread gone and start another.
+        with _trimmer_lock:
+            if not trim_slab_stores():
+                _trimmer = None
+                return
+
+
+def keep_trimming() -> None:
+    """Make sure free slabs are trimmed while the process is quiet (the stores
+    call this once per quiet spell)."""
+    global _trimmer
+    with _trimmer_lock:
+        if _trimmer is None:
+            _trimmer = threading.Thread(target=_trim_until_quiet, name="aiozc-trim",
+                                        daemon=True)
+            _trimmer.start()
+
+
+def _after_fork() -> None:
+    global _trimmer, _trimmer_lock
+    _trimmer_lock = threading.Lock()
+    _trimmer = None  # the thread did not survive the fork
+    trim_slab_stores()  # re-arms the stores' hook if nothing is to be trimmed
+
+
+os.register_at_fork(after_in_child=_after_fork)
+set_trim_hook(keep_trimming)
 
 
 def _loop_key() -> object:

@@ -32,7 +32,6 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._memory import budget_for
-from ._pool import trim_slab_stores
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -1153,8 +1152,9 @@ class ZCTransport(_FlowControlMixin):
 
 # -- idle connections give their memory back -------------------------------------
 #
-# A connection that has not received for a moment gives back what no view pins (Receiver.release_idle: its
-# copy slab to the shared store, its released mapped pages zapped).  Not at
+# A connection that has not received for a moment gives back what no view
+# pins (Receiver.release_idle: its copy slab to the shared store, its
+# released mapped pages zapped).  Not at
 # once: a busy connection drains the socket at most events, and giving back
 # and taking again at each would cost it (a zap per event where batches of
 # four regions amortise the TLB flush).  A per-loop sweeper notes drained
@@ -1162,10 +1162,6 @@ class ZCTransport(_FlowControlMixin):
 # IDLE_AFTER seconds: one timer per loop, whatever the number of connections,
 # and nothing per receive but a flag test.
 _IDLE_AFTER = 0.05
-# How often the slab stores are trimmed while a quiet process still holds
-# free slabs: pages of slabs free for 0.2 s are dropped, and demand halves
-# every second (_pool.pyx).
-_TRIM_AFTER = 0.25
 
 
 @final
@@ -1208,13 +1204,6 @@ class _IdleSweeper:
                 watched[transport] = transport._pumps
         if watched:
             self._timer = self._loop.call_later(_IDLE_AFTER, self._sweep)
-        # The shared slab stores keep free slabs for recent demand, which
-        # decays with time: while they hold more than their floor, look
-        # again a little later (a quiet server ends up holding none).
-        loop = self._loop
-        if loop not in _trimming and trim_slab_stores():
-            _trimming.add(loop)
-            loop.call_later(_TRIM_AFTER, _trim_later, weakref.ref(loop))
 
 
 # Keyed by id(loop): a sweeper's transports hold their loop, so the id
@@ -1227,20 +1216,6 @@ def _sweeper_for(loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
     if sweeper is None:
         sweeper = _sweepers[id(loop)] = _IdleSweeper(loop)
     return sweeper
-
-
-# Loops with a _trim_later pending.
-_trimming: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-
-
-def _trim_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
-    loop = loop_ref()
-    if loop is None:
-        return
-    if not loop.is_closed() and trim_slab_stores():
-        loop.call_later(_TRIM_AFTER, _trim_later, loop_ref)
-    else:
-        _trimming.discard(loop)
 
 
 # os.sendfile() sends at most this much per call (the kernel caps a call

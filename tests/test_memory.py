@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -411,3 +412,71 @@ class TestIdleAnyioStream:
         assert stats.bytes_pinned == 0, stats
         assert idle_window == 0
         assert memory.slabs_in_use == 0, memory
+
+    def test_quiet_process_gives_slabs_back(self) -> None:
+        # anyio on trio has no loop timer: the process's trimmer thread gives
+        # free slabs back while nothing runs at all (a blocking sleep here).
+        import trio
+
+        import aiozc.anyio
+
+        blobs = [payload(MiB, seed=500 + i) for i in range(16)]
+        listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        stop = threading.Event()
+        thread = threading.Thread(target=_serve_blobs, args=(listener, blobs, stop), daemon=True)
+        thread.start()
+
+        async def burst() -> tuple[aiozc.ZCMemoryStats, aiozc.ZCMemoryStats, list[str]]:
+            before = aiozc.memory_stats()
+            port = listener.getsockname()[1]
+            streams = [await aiozc.anyio.connect_tcp(
+                "127.0.0.1", port, config=ZCConfig(zerocopy="never")) for _ in blobs]
+            held: list[list[memoryview]] = [[] for _ in blobs]
+            digests = []
+            for stream, views in zip(streams, held):
+                got = 0
+                while got < MiB:
+                    view = await stream.receive_view()
+                    views.append(view)  # held: every connection keeps its slabs
+                    got += len(view)
+            during = aiozc.memory_stats()
+            for stream, views in zip(streams, held):
+                hasher = hashlib.sha256()
+                for view in views:
+                    hasher.update(view)
+                    view.release()
+                digests.append(hasher.hexdigest())
+                await stream.aclose()
+            return before, during, digests
+
+        async def stats() -> aiozc.ZCMemoryStats:
+            return aiozc.memory_stats()
+
+        try:
+            before, during, digests = trio.run(burst)
+            time.sleep(2.5)  # no loop runs: two halvings of demand
+            after = trio.run(stats)
+        finally:
+            stop.set()
+            thread.join(10)
+            listener.close()
+        assert sorted(digests) == sorted(map(sha, blobs))
+        assert during.slabs_in_use >= len(blobs), during
+        assert after.slabs_in_use == 0, after
+        assert after.slabs_free <= before.slabs_free + during.slabs_in_use // 4 + 2, (
+            before, during, after)
+        assert after.slabs_returned > during.slabs_returned, (during, after)
+
+
+def _serve_blobs(listener: socket.socket, blobs: list[bytes], stop: threading.Event) -> None:
+    """Accept one connection per blob, send it, stay connected until ``stop``."""
+    conns = []
+    try:
+        for blob in blobs:
+            conn, _ = listener.accept()
+            conns.append(conn)
+            conn.sendall(blob)
+        stop.wait(60)
+    finally:
+        for conn in conns:
+            conn.close()
