@@ -90,6 +90,16 @@ class ZCConfig:
     # 1.5 us/MB of the best probe size (2, 4 or 8 MiB, depending on the run).
     probe_bytes: int = 4 * MiB
 
+    # ``auto`` copies a connection's first bytes, untimed, and probes only
+    # once this much has arrived.  A probe costs two extra system calls per
+    # receive (the thread's CPU clock has no vDSO) and maps the 16 MiB
+    # window; a connection that carries little (small RPC requests, the idle
+    # majority of a server's connections, a short burst) never repays that,
+    # and mapping only pays on big transfers anyway.  1 MiB is four default
+    # receives: past one burst, short of any bulk transfer.  0 probes from
+    # the first byte.
+    probe_after_bytes: int = 1 * MiB
+
     # How long ``auto`` keeps its decision before probing again.  With 4 MiB
     # probes, 256 MiB sends 1.6% of the bytes through the losing mode (1-2
     # us/MB at the gap measured between the modes here) while
@@ -172,6 +182,8 @@ class ZCConfig:
             raise ValueError("max_pinned_bytes must not be negative")
         if self.probe_bytes <= 0 or self.reprobe_bytes <= 0:
             raise ValueError("probe_bytes and reprobe_bytes must be positive")
+        if self.probe_after_bytes < 0:
+            raise ValueError("probe_after_bytes must not be negative (0: probe at once)")
         if not 0.0 <= self.min_mapped_fraction <= 1.0:
             raise ValueError("min_mapped_fraction must be between 0 and 1")
         if self.send_zerocopy not in ("auto", "always", "never"):

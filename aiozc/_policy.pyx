@@ -48,9 +48,19 @@ cdef class Policy:
             self.mode = MODE_ZC
         else:
             self.kind = POLICY_AUTO
-            self.mode = MODE_ZC
-            self.settled_mode = MODE_ZC
-            self.phase = PH_PROBE
+            if config.probe_after_bytes > 0:
+                # Copy, untimed, until probe_after_bytes have arrived; then
+                # probe as a reprobe would (steady_sample counts them down).
+                self.mode = MODE_COPY
+                self.settled_mode = MODE_COPY
+                self.phase = PH_STEADY
+                self.until_reprobe = <int64_t>config.probe_after_bytes
+                self.reason = (f"auto: copies the first {config.probe_after_bytes} bytes, "
+                               f"then measures whether mapping pays")
+            else:
+                self.mode = MODE_ZC
+                self.settled_mode = MODE_ZC
+                self.phase = PH_PROBE
 
     # -- choosing a mode -----------------------------------------------------
     #

@@ -187,6 +187,24 @@ class TestIdleConnectionsHoldNothing:
             before, during, after)
         assert after.slabs_returned > during.slabs_returned, (during, after)
 
+    def test_small_connections_map_nothing(self, run: Run) -> None:
+        # auto copies a connection's first probe_after_bytes untimed: 40
+        # connections of 256 KiB from a MSG_ZEROCOPY peer never probe, so
+        # none of them maps its window (no socket VMA, no page mapped).
+        blobs = [payload(256 * KiB, seed=300 + i) for i in range(40)]
+        seen: dict[str, Any] = {}
+
+        def check(sinks: list[Sink]) -> None:
+            seen["mapped"] = sum(s.transport.stats.bytes_mapped for s in sinks)
+            seen["reasons"] = {s.transport.stats.fallback_reason for s in sinks}
+            with open("/proc/self/maps") as f:
+                seen["socket_maps"] = sum("socket:[" in line for line in f)
+
+        sinks, _ = run(serve(blobs, ZCConfig(), zerocopy=True, check=check))
+        assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
+        assert seen["mapped"] == 0 and seen["socket_maps"] == 0, seen
+        assert all("copies the first" in str(r) for r in seen["reasons"]), seen
+
     def test_mapping(self, run: Run) -> None:
         blobs = [payload(2 * MiB, seed=100 + i) for i in range(12)]
         seen: dict[str, int] = {}
