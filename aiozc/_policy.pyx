@@ -27,6 +27,18 @@ import os as _os
 cdef double ZC_MARGIN = 0.15
 
 
+cdef dict _warmup_reasons = {}
+
+
+cdef str _warmup_reason(object nbytes):
+    # One string for every connection (a server has thousands).
+    reason = _warmup_reasons.get(nbytes)
+    if reason is None:
+        reason = _warmup_reasons[nbytes] = (
+            f"auto: copies the first {nbytes} bytes, then measures whether mapping pays")
+    return reason
+
+
 cdef class Policy:
     """The mode of one connection, and the accounting behind 'auto'.
 
@@ -55,8 +67,7 @@ cdef class Policy:
                 self.settled_mode = MODE_COPY
                 self.phase = PH_STEADY
                 self.until_reprobe = <int64_t>config.probe_after_bytes
-                self.reason = (f"auto: copies the first {config.probe_after_bytes} bytes, "
-                               f"then measures whether mapping pays")
+                self.reason = _warmup_reason(config.probe_after_bytes)
             else:
                 self.mode = MODE_ZC
                 self.settled_mode = MODE_ZC

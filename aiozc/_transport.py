@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import functools
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ from asyncio import constants as _asyncio_constants
 from asyncio.transports import _FlowControlMixin
 from asyncio.trsock import TransportSocket
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any, Protocol, final
 
 from ._buffer import ViewBuffer
@@ -106,6 +107,7 @@ class ZCTransport(_FlowControlMixin):
     # Slots, not a __dict__: a server holds one per connection (memory per
     # idle connection is a target: docs/memory.md).
     __slots__ = (
+        "__weakref__",
         "_at_eof",
         "_closing",
         "_config",
@@ -140,7 +142,6 @@ class ZCTransport(_FlowControlMixin):
         "_watched",
         "_writer_on",
         "_zc",
-        "__weakref__",
     )
 
     if TYPE_CHECKING:  # _FlowControlMixin's, missing from typeshed's stub
@@ -199,7 +200,7 @@ class ZCTransport(_FlowControlMixin):
         # Weakly: the engine's pool outlives the transport while views are
         # held, and must not call into a transport the garbage collector is
         # tearing down (nor keep it alive).
-        self._rx.on_release = _weak_callback(self._on_memory_released)
+        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
         self._zc = ZeroCopySendTracker(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
         # Bytes a consumer waits for (0: none, read up to the budget): see
@@ -221,7 +222,9 @@ class ZCTransport(_FlowControlMixin):
         # Not yet taken by the socket, in order: a bytearray of bytes
         # copied from mutable or small writes (consecutive ones share it),
         # or a memoryview of an immutable buffer to send zerocopy.
-        self._queue: deque[bytearray | memoryview] = deque()
+        # Made at the first write the socket does not take at once: an empty
+        # deque is 600 bytes, and most connections of a server never queue.
+        self._queue: deque[bytearray | memoryview] | None = None
         self._queued = 0  # bytes in _queue and _held
         self._writer_on = False
         # While sendfile() runs it owns the socket's write side: writes
@@ -502,7 +505,7 @@ class ZCTransport(_FlowControlMixin):
         join, where left in the kernel they can be received whole
         (:meth:`gather`).
         """
-        self._want = nbytes if nbytes > 0 else 0
+        self._want = max(0, nbytes)
 
     # A plain Protocol or BufferedProtocol: one recv() per event into its
     # own buffer or a new bytes, as asyncio's selector transport does.  The
@@ -654,6 +657,8 @@ class ZCTransport(_FlowControlMixin):
                 return
             self._set_writer(True)
         queue = self._held if self._held is not None else self._queue
+        if queue is None:
+            queue = self._queue = deque()
         if view is not None:
             seg = view[n:] if n else view
             queue.append(seg)
@@ -728,7 +733,7 @@ class ZCTransport(_FlowControlMixin):
             raise
         except BaseException as exc:
             self._set_writer(False)
-            queue.clear()
+            self._queue = None
             self._queued = 0
             self._fatal_error(exc, "Fatal write error on aiozc transport")
             return
@@ -815,10 +820,12 @@ class ZCTransport(_FlowControlMixin):
             if sent and _seekable(file):
                 file.seek(offset + sent)
             if self._held:
+                if self._queue is None:
+                    self._queue = deque()
                 self._queue.extend(self._held)
             self._held = None
             if self._conn_lost:
-                self._queue.clear()
+                self._queue = None
                 self._queued = 0
             elif self._queue:
                 self._set_writer(True)
@@ -1071,7 +1078,7 @@ class ZCTransport(_FlowControlMixin):
         if self._conn_lost:
             return
         if self._queue or self._held:
-            self._queue.clear()  # never handed to the kernel: no hold to wait for
+            self._queue = None  # never handed to the kernel: no hold to wait for
             self._held = None
             self._queued = 0
             self._set_writer(False)
@@ -1169,7 +1176,7 @@ class _IdleSweeper:
     # One per loop while it has connections: the transports hold it, and the
     # registry below only weakly, so it goes with them (and an abandoned
     # loop's cycle of transports and sweeper is garbage like any other).
-    __slots__ = ("_loop", "_watched", "_timer", "__weakref__")
+    __slots__ = ("__weakref__", "_loop", "_timer", "_watched")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -1260,16 +1267,12 @@ def _check_sendfile_args(file: IO[bytes], offset: int, count: int | None) -> Non
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
-def _weak_callback(method: Callable[[], None]) -> Callable[[], None]:
-    """A callable that calls ``method`` if its object is still alive."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
-
-    return call
+def _memory_released(ref: weakref.ref[ZCTransport]) -> None:
+    # The engine's on_release: a partial over a weak reference (150 bytes a
+    # connection, where a WeakMethod and a closure took 600).
+    transport = ref()
+    if transport is not None:
+        transport._on_memory_released()
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:

@@ -1515,7 +1515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"seconds between the last burst frame and the snapshot ({IDLE_S})")
     ap.add_argument("--max-rss-gib", type=float, default=None,
                     help="memory guard: stop a server whose RSS grows past this (default "
-                         f"{GUARD_SHARE:.0%} of MemAvailable, at most {GUARD_MAX >> 30} GiB)")
+                         f"{GUARD_SHARE * 100:.0f}%% of MemAvailable, at most {GUARD_MAX >> 30} GiB)")
     ap.add_argument("--md", default=str(root / "docs" / "connections.md"))
     ap.add_argument("--json", default=str(root / "docs" / "connections.json"))
     ap.add_argument("--no-progress", dest="progress", action="store_false")
