@@ -1,0 +1,168 @@
+"""Paired A/B: two source trees of aiozc, cell by cell, interleaved.
+
+Usage::
+
+    python -m benchmarks.ab OLD_TREE NEW_TREE [--rounds 3] [--repeats 3]
+                            [--only NAME;NAME...] [--cells bulk:32768:plain,...]
+                            [--output FILE]
+
+Each tree is a checkout with its extensions built in place (``python
+setup.py build_ext --inplace``) and its own ``benchmarks`` package.  A
+round runs OLD then NEW, each in a fresh process that imports that tree's
+aiozc and that tree's receivers, with ``--repeats`` interleaved repeats of
+every (receiver, cell); rounds alternate the trees so that a drift of the
+machine hits both alike.  Two full ``python -m benchmarks`` runs taken
+minutes apart differ by more than the 3% the structure issue allows (the
+bimodal MSG_ZEROCOPY cells by 10-30%); pairing and pooling the rounds is
+what makes a difference of a few percent visible at all.
+
+For every aiozc receiver and cell it prints the median, over all runs of a
+tree, of the receiver's CPU per message divided by the best peer's in the
+same run (asyncio/aiofastnet BufferedProtocol, asyncio Protocol), and the
+change from OLD to NEW; and the same for the receiver's plus the sender's
+CPU.  Over loopback the kernel copies a MSG_ZEROCOPY sender's pages at
+delivery, in whichever process transmits them (on the receiver's window
+updates when the sender is window-limited): where the receiver's CPU moves
+and the sum does not, the work moved between the two processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+#: Peers a ratio is taken against (the best of them in the same run).
+PEERS = ("asyncio BufferedProtocol", "aiofastnet BufferedProtocol", "asyncio Protocol")
+#: A change beyond this is flagged (the structure issue's criterion).
+FLAG = 0.03
+
+# Runs in a fresh interpreter with the tree first on sys.path: that tree's
+# aiozc and benchmarks (the API used here exists in every tree since the
+# receivers moved to benchmarks/_receivers.py).
+_CHILD = r"""
+import json, os, sys
+tree, names, cells, repeats = sys.argv[1], sys.argv[2].split(";"), sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, tree)
+os.chdir(tree)
+from benchmarks.__main__ import all_receivers, make_jobs, pin, pin_cpus
+from benchmarks._runner import run_matrix
+from benchmarks._sender import Peer
+want = [c.split(":") for c in cells.split(",")]
+rx, snd = pin_cpus()
+pin(rx)
+specs = [s for s in all_receivers(trio=True) if s.name in names]
+jobs = [j for j in make_jobs(1.0) if any(
+    j.workload == w and j.frame_size == int(n) and j.zerocopy == (s == "zerocopy")
+    for w, n, s in want)]
+peer = Peer(snd)
+try:
+    runs = run_matrix(specs, jobs, repeats, peer)
+finally:
+    peer.close()
+print(json.dumps([[r.receiver, r.workload, r.frame_size, r.sender, r.repeat,
+                   r.cpu_s * 1e6 / r.count, r.sender_cpu_s * 1e6 / r.count] for r in runs]))
+"""
+
+ALL_CELLS = ",".join(
+    f"{w}:{n}:{s}" for s in ("plain", "zerocopy")
+    for w, n in [("bulk", 512), ("bulk", 4096), ("bulk", 32768), ("bulk", 262144),
+                 ("bulk", 1048576), ("rpc", 32768)])
+
+
+def _receivers(tree: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); "
+         "from benchmarks.__main__ import all_receivers; "
+         "print(';'.join(s.name for s in all_receivers(trio=True)))", tree],
+        check=True, capture_output=True, text=True, cwd=tree)
+    return out.stdout.strip().split(";")
+
+
+def run_tree(tree: str, names: list[str], cells: str, repeats: int) -> list[list[Any]]:
+    """One round of one tree: every (receiver, cell), ``repeats`` times."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, tree, ";".join(names), cells,
+                          str(repeats)], check=True, capture_output=True, text=True, cwd=tree)
+    rows: list[list[Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
+Key = tuple[str, str, int, str]
+
+
+def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
+    """Lines of the comparison (receiver-only and receiver+sender ratios)."""
+    # (tree, round, repeat, cell) -> best peer's CPU in that run
+    best: dict[tuple[str, int, int, str, int, str], float] = {}
+    for tree, rs in rows.items():
+        for rnd, rx, w, n, s, rep, us, snd_us in rs:
+            if str(rx).split(" [")[0] in PEERS:
+                k = (tree, rnd, rep, w, n, s)
+                best[k] = min(us, best.get(k, us))
+    ratios: dict[tuple[Key, str], list[float]] = defaultdict(list)
+    sums: dict[tuple[Key, str], list[float]] = defaultdict(list)
+    for tree, rs in rows.items():
+        for rnd, rx, w, n, s, rep, us, snd_us in rs:
+            if not str(rx).startswith("aiozc"):
+                continue
+            ratios[((rx, w, n, s), tree)].append(us / best[(tree, rnd, rep, w, n, s)])
+            sums[((rx, w, n, s), tree)].append(us + snd_us)
+    lines = [f"{'receiver':<50} {'cell':<22} {'old':>6} {'new':>6} {'change':>7}  "
+             f"{'rx+snd old':>10} {'new':>7} {'change':>7}"]
+    flagged = 0
+    changes = []
+    for key in sorted({k for k, _ in ratios}):
+        o, n = statistics.median(ratios[(key, old)]), statistics.median(ratios[(key, new)])
+        so, sn = statistics.median(sums[(key, old)]), statistics.median(sums[(key, new)])
+        d, ds = n / o - 1, sn / so - 1
+        changes.append(d)
+        flag = " <<<" if d > FLAG else ""
+        flagged += d > FLAG
+        rx, w, size, s = key
+        lines.append(f"{rx:<50} {w} {size:>7} {s:<9} {o:6.3f} {n:6.3f} {d:+7.1%}  "
+                     f"{so:10.1f} {sn:7.1f} {ds:+7.1%}{flag}")
+    lines.append(f"{len(changes)} cells; {flagged} worse than {FLAG:.0%} (receiver CPU / best "
+                 f"peer); median change {statistics.median(changes):+.1%}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ab",
+                                 description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per round (default 3)")
+    ap.add_argument("--only", default=None,
+                    help="receivers (exact names, ';'-separated; default: every aiozc "
+                         "receiver and the peers the ratios use)")
+    ap.add_argument("--cells", default=ALL_CELLS,
+                    help="workload:size:sender, comma-separated (default: all 12)")
+    ap.add_argument("--output", default=None, help="also write the raw runs (JSON) here")
+    args = ap.parse_args(argv)
+    old, new = str(Path(args.old).resolve()), str(Path(args.new).resolve())
+    if args.only:
+        names = args.only.split(";")
+    else:
+        names = [n for n in _receivers(new)
+                 if n.startswith("aiozc") or n.split(" [")[0] in PEERS]
+    rows: dict[str, list[list[Any]]] = {old: [], new: []}
+    for rnd in range(args.rounds):
+        for tree in ((old, new) if rnd % 2 == 0 else (new, old)):
+            print(f"[ab] round {rnd + 1}/{args.rounds}: {tree}", file=sys.stderr)
+            rows[tree] += [[rnd, *r] for r in run_tree(tree, names, args.cells, args.repeats)]
+    if args.output:
+        Path(args.output).write_text(json.dumps({"old": old, "new": new, "runs": rows}))
+    print("\n".join(compare(rows, old, new)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
