@@ -114,6 +114,14 @@ class ZCConfig:
 
     # -- sending ---------------------------------------------------------
     #
+    # Writes made while a read event is handled (every data_received call
+    # of one wake-up) leave together in one send() when it ends, instead of
+    # one send() and one segment each: the answers to pipelined requests
+    # cost the client one wake-up.  False sends each write at once, as
+    # asyncio's transports do.
+    batch_writes: bool = True
+
+    #
     # ``ZCTransport.write()`` sends an immutable buffer (``bytes``, or a
     # read-only view aiozc handed out) with ``MSG_ZEROCOPY``: the kernel
     # sends from the buffer's own pages and the transport holds the buffer

@@ -60,9 +60,14 @@ class ZCStats:
     bytes_sent_zerocopy: int = 0
     #: Payload bytes sent with plain ``send()``: copied into the kernel.
     bytes_sent_copied: int = 0
+    #: ``send()`` calls that carried written bytes.  Fewer than writes
+    #: where writes were batched (``ZCConfig.batch_writes``: the writes of
+    #: one read event leave together) or joined in the write queue.
+    send_calls: int = 0
     #: Bytes the transport copied into its own write buffer because the
-    #: socket did not take them at once: the only copy of outgoing data
-    #: aiozc makes in user space.  Writes that go zerocopy wait in the
+    #: socket did not take them at once, or because they were written
+    #: during a read event (batched): the only copy of outgoing data aiozc
+    #: makes in user space.  Writes that go zerocopy wait in the
     #: queue as views of the caller's buffer instead, uncopied.
     bytes_write_buffered: int = 0
     #: ``MSG_ZEROCOPY`` sends whose completion has not arrived yet; the

@@ -111,6 +111,7 @@ class ZCTransport(_FlowControlMixin):
         "_at_eof",
         "_closing",
         "_config",
+        "_corked",
         "_conn_lost",
         "_connections",
         "_eof_written",
@@ -206,6 +207,9 @@ class ZCTransport(_FlowControlMixin):
         # Bytes a consumer waits for (0: none, read up to the budget): see
         # set_read_hint() and Receiver.pump.
         self._want = 0
+        # Writes made while a read event is handled wait in the queue and
+        # leave together when it ends (ZCConfig.batch_writes): see _uncork.
+        self._corked = False
         self._protocol: asyncio.BaseProtocol = protocol
         # What recv() brought a plain Protocol/BufferedProtocol (in stats).
         self._plain_bytes = 0
@@ -285,6 +289,7 @@ class ZCTransport(_FlowControlMixin):
             bytes_sent_zerocopy=zc.bytes_zerocopy,
             bytes_sent_copied=zc.bytes_copied,
             bytes_write_buffered=zc.bytes_buffered,
+            send_calls=zc.send_calls,
             zerocopy_sends_pending=zc.pending,
             zerocopy_completions_copied=zc.completions_copied,
             zerocopy_enobufs=zc.enobufs,
@@ -406,7 +411,39 @@ class ZCTransport(_FlowControlMixin):
             self._reader_on = False
             self._update_reaper()
 
+    # -- replies batched per read event ---------------------------------------
+    #
+    # An RPC server answers each request from data_received; with NODELAY
+    # (which aiozc sets, and asyncio does on sockets of create_server) each
+    # answer would be a send() and a segment of its own, and the client is
+    # woken once per answer.  While a read event is handled the transport is
+    # corked: writes join the write queue (small ones share one buffer, as
+    # queued writes always do; zerocopy ones keep their own buffer), and
+    # when the event ends the queue goes out as the writer callback would
+    # send it, so the N answers to N pipelined requests leave in one send()
+    # and one segment.  No write waits past the end of the event that made
+    # it; close(), write_eof() and flow control see the queue as they would
+    # see a socket that took nothing.  ZCConfig.batch_writes=False sends
+    # each write at once, as asyncio does.
+
     def _read_ready(self) -> None:
+        if not self._config.batch_writes:
+            self._read_event()
+            return
+        self._corked = True
+        try:
+            self._read_event()
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if self._queue and not self._writer_on and not self._sendfile_busy:
+            self._write_ready()
+            if self._queue:
+                self._set_writer(True)
+
+    def _read_event(self) -> None:
         # Completions first: EPOLLERR (a notification queued) lands here
         # too, and on the stdlib loop it keeps landing here, every
         # iteration, until the error queue is read.
@@ -640,7 +677,7 @@ class ZCTransport(_FlowControlMixin):
             return
         view = self._zc.view_for(data)
         n = 0
-        if not self._queue and not self._sendfile_busy:
+        if not self._queue and not self._sendfile_busy and not self._corked:
             try:
                 n = self._zc.send(view) if view is not None else self._send_copy(data)
             except (BlockingIOError, InterruptedError):
@@ -656,6 +693,7 @@ class ZCTransport(_FlowControlMixin):
                     self._update_reaper()
                 return
             self._set_writer(True)
+        # (Corked: the bytes join the queue, and _uncork sends them.)
         queue = self._held if self._held is not None else self._queue
         if queue is None:
             queue = self._queue = deque()
@@ -694,6 +732,7 @@ class ZCTransport(_FlowControlMixin):
             self.write(b"".join(small))
 
     def _send_copy(self, data: bytes | bytearray | memoryview) -> int:
+        self._zc.send_calls += 1
         n = self._sock.send(data)
         self._zc.bytes_copied += n
         return n

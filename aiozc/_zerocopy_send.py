@@ -94,7 +94,7 @@ class ZeroCopySendTracker:
     __slots__ = (
         "_sock", "_policy", "_threshold", "_copied_limit", "_armed", "_next_id",
         "_held", "_copied_run", "active", "fallback_reason", "pending_bytes",
-        "bytes_zerocopy", "bytes_copied", "bytes_buffered", "completions_copied",
+        "bytes_zerocopy", "bytes_copied", "bytes_buffered", "send_calls", "completions_copied",
         "enobufs", "notifications",
     )
 
@@ -122,6 +122,9 @@ class ZeroCopySendTracker:
         self.bytes_copied = 0
         #: Bytes the transport copied into its write queue (it counts them).
         self.bytes_buffered = 0
+        #: send() calls that carried write() bytes, zerocopy or not (the
+        #: transport counts its plain ones here too).
+        self.send_calls = 0
         #: Zerocopy sends whose completion said the kernel copied.
         self.completions_copied = 0
         #: Zerocopy sends refused with ENOBUFS and sent by copy.
@@ -169,6 +172,7 @@ class ZeroCopySendTracker:
         ENOBUFS (option memory or the locked-memory limit full) sends the
         bytes by plain ``send()`` instead, for this call only.
         """
+        self.send_calls += 1
         try:
             n = self._sock.send(view, MSG_ZEROCOPY)
         except OSError as exc:

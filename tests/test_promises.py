@@ -386,7 +386,10 @@ class TestCallbackOrder:
         async def main() -> OrderWatcher:
             thread = threading.Thread(target=peer, daemon=True)
             thread.start()
-            config = ZCConfig(send_zerocopy="always")
+            # Unbatched: the reply must leave inside data_received, so that
+            # close() there finds its completion (batch_writes would send
+            # it when the read event ends).
+            config = ZCConfig(send_zerocopy="always", batch_writes=False)
             _, proto = await aiozc.create_connection(
                 lambda: OrderWatcher(reply), "127.0.0.1", listener.getsockname()[1], config=config
             )
