@@ -319,6 +319,10 @@ class ZCStreamReader(asyncio.StreamReader):
 class _ZCStreamReaderProtocol(ZCProtocol, asyncio.StreamReaderProtocol):
     """asyncio's StreamReaderProtocol, taking views from a ZCTransport."""
 
+    # The handler answers from its task, which the read event only wakes:
+    # its writes join the event's batch if the batch waits for it.
+    batch_scope = "iteration"
+
     def data_received(self, data: memoryview) -> None:  # type: ignore[override]
         reader = self._stream_reader  # type: ignore[attr-defined]
         if reader is not None:

@@ -112,6 +112,7 @@ class ZCTransport(_FlowControlMixin):
         "_closing",
         "_config",
         "_corked",
+        "_batch_iteration",
         "_conn_lost",
         "_connections",
         "_eof_written",
@@ -210,6 +211,7 @@ class ZCTransport(_FlowControlMixin):
         # Writes made while a read event is handled wait in the queue and
         # leave together when it ends (ZCConfig.batch_writes): see _uncork.
         self._corked = False
+        self._batch_iteration = False  # batch_scope == "iteration" (set_protocol)
         self._protocol: asyncio.BaseProtocol = protocol
         # What recv() brought a plain Protocol/BufferedProtocol (in stats).
         self._plain_bytes = 0
@@ -315,6 +317,8 @@ class ZCTransport(_FlowControlMixin):
         """
         self._protocol = protocol
         self._kind = _kind_of(protocol)
+        self._batch_iteration = self._config.batch_writes and (
+            getattr(protocol, "batch_scope", "event") == "iteration")
         # A switch can happen in the middle of a pump (inside a callback),
         # with views still to come from it, or with views held back by a
         # pause: the engine's sink must suit the new protocol at once.
@@ -427,7 +431,10 @@ class ZCTransport(_FlowControlMixin):
     # each write at once, as asyncio does.
 
     def _read_ready(self) -> None:
-        if not self._config.batch_writes:
+        if not self._config.batch_writes or self._batch_iteration:
+            # (An "iteration" batch is opened by the first write instead:
+            # the writes come from tasks this event only wakes, and an
+            # event that makes none costs nothing.)
             self._read_event()
             return
         self._corked = True
@@ -437,6 +444,8 @@ class ZCTransport(_FlowControlMixin):
             self._uncork()
 
     def _uncork(self) -> None:
+        if not self._corked:
+            return
         self._corked = False
         if self._queue and not self._writer_on and not self._sendfile_busy:
             self._write_ready()
@@ -675,6 +684,13 @@ class ZCTransport(_FlowControlMixin):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        if self._batch_iteration and not self._corked:
+            # batch_scope "iteration": the first write opens the batch, and
+            # every write of this loop iteration (the tasks one read event
+            # woke answer in the same iteration) leaves with it, at the
+            # start of the next iteration, before its I/O callbacks.
+            self._corked = True
+            self._loop.call_soon(self._uncork)
         view = self._zc.view_for(data)
         n = 0
         if not self._queue and not self._sendfile_busy and not self._corked:

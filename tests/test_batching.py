@@ -221,3 +221,51 @@ class TestBatching:
 
         exc = run(main())
         assert isinstance(exc, BrokenPipeError), exc
+
+
+class TestStreamBatching:
+    """A stream handler's answers, written from its task, join the batch of
+    the read event that woke it (batch_scope = "iteration")."""
+
+    @pytest.mark.parametrize("batch", [True, False], ids=["batched", "unbatched"])
+    def test_pipelined_stream_replies(self, run: Run, batch: bool) -> None:
+        bodies = [b"stream request %d" % i for i in range(PIPELINED)]
+        want = b"".join(b.upper() for b in bodies)
+
+        async def main() -> tuple[bytes, aiozc.ZCStats]:
+            stats: list[aiozc.ZCStats] = []
+
+            async def handle(reader: Any, writer: asyncio.StreamWriter) -> None:
+                for _ in bodies:
+                    n = int.from_bytes(await reader.readexactly(4), "big")
+                    with await reader.readexactly_view(n) as view:
+                        writer.write(bytes(view).upper())
+                await writer.drain()
+                stats.append(writer.transport.stats)  # type: ignore[attr-defined]
+                writer.close()
+
+            server = await aiozc.start_server(handle, "127.0.0.1", 0,
+                                              config=ZCConfig(batch_writes=batch))
+            port = server.sockets[0].getsockname()[1]
+            got = bytearray()
+
+            def client() -> None:
+                with socket.create_connection(("127.0.0.1", port)) as conn:
+                    conn.settimeout(30)
+                    conn.sendall(_frames(bodies))
+                    while chunk := conn.recv(1 << 20):
+                        got.extend(chunk)
+
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, client)
+            finally:
+                server.close()
+                await server.wait_closed()
+            return bytes(got), stats[0]
+
+        got, stats = run(main())
+        assert got == want
+        if batch:
+            assert stats.send_calls <= 2, stats
+        else:
+            assert stats.send_calls == PIPELINED, stats
