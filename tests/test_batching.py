@@ -72,19 +72,9 @@ def _frames(bodies: list[bytes]) -> bytes:
     return b"".join(len(b).to_bytes(4, "big") + b for b in bodies)
 
 
-async def exchange(config: ZCConfig, bodies: list[bytes], answer: Any, after: Any = None,
-                   expect: int | None = None) -> tuple[bytes, Replier, aiozc.ZCStats]:
-    """A client sends ``bodies`` pipelined in one send() and reads until EOF
-    (or ``expect`` bytes); returns what it read, the protocol and its stats."""
-    protos: list[Replier] = []
-
-    def factory() -> Replier:
-        proto = Replier(answer, after)
-        protos.append(proto)
-        return proto
-
-    server = await aiozc.create_server(factory, "127.0.0.1", 0, config=config)
-    port = server.sockets[0].getsockname()[1]
+async def pipelined_client(port: int, bodies: list[bytes], expect: int | None = None) -> bytes:
+    """Send ``bodies`` length-prefixed in one send(); read until EOF (or
+    ``expect`` bytes), in a thread."""
     got = bytearray()
 
     def client() -> None:
@@ -97,8 +87,24 @@ async def exchange(config: ZCConfig, bodies: list[bytes], answer: Any, after: An
                     break
                 got.extend(chunk)
 
+    await asyncio.get_running_loop().run_in_executor(None, client)
+    return bytes(got)
+
+
+async def exchange(config: ZCConfig, bodies: list[bytes], answer: Any, after: Any = None,
+                   expect: int | None = None) -> tuple[bytes, Replier, aiozc.ZCStats]:
+    """A client sends ``bodies`` pipelined in one send() and reads until EOF
+    (or ``expect`` bytes); returns what it read, the protocol and its stats."""
+    protos: list[Replier] = []
+
+    def factory() -> Replier:
+        proto = Replier(answer, after)
+        protos.append(proto)
+        return proto
+
+    server = await aiozc.create_server(factory, "127.0.0.1", 0, config=config)
     try:
-        await asyncio.get_running_loop().run_in_executor(None, client)
+        got = await pipelined_client(server.sockets[0].getsockname()[1], bodies, expect)
         proto = protos[0]
         stats = proto.transport.stats
         proto.transport.close()
@@ -106,7 +112,7 @@ async def exchange(config: ZCConfig, bodies: list[bytes], answer: Any, after: An
     finally:
         server.close()
         await server.wait_closed()
-    return bytes(got), proto, stats
+    return got, proto, stats
 
 
 def _echo_upper(transport: Any, request: bytes) -> None:
@@ -246,22 +252,12 @@ class TestStreamBatching:
 
             server = await aiozc.start_server(handle, "127.0.0.1", 0,
                                               config=ZCConfig(batch_writes=batch))
-            port = server.sockets[0].getsockname()[1]
-            got = bytearray()
-
-            def client() -> None:
-                with socket.create_connection(("127.0.0.1", port)) as conn:
-                    conn.settimeout(30)
-                    conn.sendall(_frames(bodies))
-                    while chunk := conn.recv(1 << 20):
-                        got.extend(chunk)
-
             try:
-                await asyncio.get_running_loop().run_in_executor(None, client)
+                got = await pipelined_client(server.sockets[0].getsockname()[1], bodies)
             finally:
                 server.close()
                 await server.wait_closed()
-            return bytes(got), stats[0]
+            return got, stats[0]
 
         got, stats = run(main())
         assert got == want
