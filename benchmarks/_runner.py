@@ -63,6 +63,29 @@ def available(spec: ReceiverSpec) -> bool:
     return spec.needs is None or importlib.util.find_spec(spec.needs) is not None
 
 
+def listening_socket(backlog: int = 8) -> socket.socket:
+    """A loopback listener whose connections are what servers get in real use.
+
+    ``socket.create_server()`` makes its socket with protocol 0, and so do
+    the connections it accepts; asyncio's transports set ``TCP_NODELAY``
+    only on sockets whose ``proto`` is ``IPPROTO_TCP``, which is what
+    ``loop.create_server(host, port)`` and ``asyncio.start_server`` make
+    (from ``getaddrinfo``).  So the peers ran with Nagle's algorithm here
+    and nowhere else, while aiozc and uvloop set ``TCP_NODELAY`` on every
+    connection: on the RPC cell that alone was most of aiozc's gap (issue
+    14).  This listener is made as ``create_server(host, port)`` makes one.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def run_one(spec: ReceiverSpec, job: Job, peer: Peer, listener: socket.socket,
             repeat: int) -> Run:
     """One connection: the peer sends ``job``, ``spec`` receives it."""
@@ -146,7 +169,7 @@ def run_matrix(receivers: Sequence[ReceiverSpec], jobs: Sequence[Job], repeats: 
     themselves are the outer loop of each repeat.
     """
     runs: list[Run] = []
-    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+    with listening_socket() as listener:
         listener.settimeout(60)
         # Warm-up (discarded): imports, first connections, page cache of the
         # sender's buffers.
