@@ -16,6 +16,12 @@ minutes apart differ by more than the 3% the structure issue allows (the
 bimodal MSG_ZEROCOPY cells by 10-30%); pairing and pooling the rounds is
 what makes a difference of a few percent visible at all.
 
+Each tree runs its own harness (benchmarks/_runner.py, _receivers.py,
+_sender.py): a change there shows as a change of the peers.  The listener
+change of 2026-11-27 (IPPROTO_TCP, so asyncio's peers get TCP_NODELAY as in
+real use) is one: to compare a tree from before it on the RPC cells, give
+that tree the newer _runner.py first.
+
 For every aiozc receiver and cell it prints the median, over all runs of a
 tree, of the receiver's CPU per message divided by the best peer's in the
 same run (asyncio/aiofastnet BufferedProtocol, asyncio Protocol), and the
