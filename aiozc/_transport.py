@@ -43,6 +43,9 @@ __all__ = ["ConnectionSet", "ZCTransport"]
 logger = logging.getLogger("aiozc")
 
 # The three ways a protocol can take data, fixed by its type.
+# ZCTransport._corked (replies batched per read event)
+_OFF, _OPEN, _HOLDING = 0, 1, 2
+
 _VIEWS = 0  # ZCProtocol: read-only memoryviews from the receive engine
 _BUFFERED = 1  # asyncio.BufferedProtocol: get_buffer()/buffer_updated()
 _BYTES = 2  # any other asyncio.Protocol: bytes
@@ -208,9 +211,10 @@ class ZCTransport(_FlowControlMixin):
         # Bytes a consumer waits for (0: none, read up to the budget): see
         # set_read_hint() and Receiver.pump.
         self._want = 0
-        # Writes made while a read event is handled wait in the queue and
-        # leave together when it ends (ZCConfig.batch_writes): see _uncork.
-        self._corked = False
+        # Writes made while a read event is handled leave together when it
+        # ends (ZCConfig.batch_writes): _OFF, _OPEN (the next write goes at
+        # once and closes it), _HOLDING (writes wait in the queue): see _uncork.
+        self._corked = _OFF
         self._batch_iteration = False  # batch_scope == "iteration" (set_protocol)
         self._protocol: asyncio.BaseProtocol = protocol
         # What recv() brought a plain Protocol/BufferedProtocol (in stats).
@@ -421,11 +425,17 @@ class ZCTransport(_FlowControlMixin):
     # (which aiozc sets, and asyncio does on sockets of create_server) each
     # answer would be a send() and a segment of its own, and the client is
     # woken once per answer.  While a read event is handled the transport is
-    # corked: writes join the write queue (small ones share one buffer, as
-    # queued writes always do; zerocopy ones keep their own buffer), and
-    # when the event ends the queue goes out as the writer callback would
-    # send it, so the N answers to N pipelined requests leave in one send()
-    # and one segment.  No write waits past the end of the event that made
+    # corked: the first write goes at once, and the later ones join the
+    # write queue (small ones share one buffer, as queued writes always do;
+    # zerocopy ones keep their own buffer); when the event ends the queue
+    # goes out as the writer callback would send it, so the N answers to N
+    # pipelined requests leave in two send()s.  Why the first goes at once:
+    # a client with one connection and a window of requests gets its first
+    # answer while the server is still working through the rest, and sends
+    # its next request meanwhile; holding every answer to the end of the
+    # event made client and server take turns (measured, one connection,
+    # 8 requests of 512 B in flight: 70,000 requests/s and a p50 of 112 us
+    # against asyncio's 127,000 and 59 us).  No write waits past the end of the event that made
     # it; close(), write_eof() and flow control see the queue as they would
     # see a socket that took nothing.  ZCConfig.batch_writes=False sends
     # each write at once, as asyncio does.
@@ -437,7 +447,7 @@ class ZCTransport(_FlowControlMixin):
             # event that makes none costs nothing.)
             self._read_event()
             return
-        self._corked = True
+        self._corked = _OPEN
         try:
             self._read_event()
         finally:
@@ -446,7 +456,7 @@ class ZCTransport(_FlowControlMixin):
     def _uncork(self) -> None:
         if not self._corked:
             return
-        self._corked = False
+        self._corked = _OFF
         if self._queue and not self._writer_on and not self._sendfile_busy:
             self._write_ready()
             if self._queue:
@@ -684,16 +694,20 @@ class ZCTransport(_FlowControlMixin):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if self._batch_iteration and not self._corked:
-            # batch_scope "iteration": the first write opens the batch, and
-            # every write of this loop iteration (the tasks one read event
-            # woke answer in the same iteration) leaves with it, at the
-            # start of the next iteration, before its I/O callbacks.
-            self._corked = True
+        corked = self._corked
+        if corked == _OPEN:
+            self._corked = _HOLDING  # this write goes now, the next ones wait
+        elif self._batch_iteration and corked == _OFF:
+            # batch_scope "iteration": the first write goes now and opens a
+            # batch that every later write of this loop iteration joins (the
+            # tasks one read event woke answer in the same iteration); it
+            # leaves at the start of the next iteration, before its I/O
+            # callbacks.
+            self._corked = _HOLDING
             self._loop.call_soon(self._uncork)
         view = self._zc.view_for(data)
         n = 0
-        if not self._queue and not self._sendfile_busy and not self._corked:
+        if not self._queue and not self._sendfile_busy and corked != _HOLDING:
             try:
                 n = self._zc.send(view) if view is not None else self._send_copy(data)
             except (BlockingIOError, InterruptedError):
