@@ -3,7 +3,7 @@
 Usage::
 
     python -m benchmarks [--quick] [--repeats N] [--scale X] [--no-trio]
-                         [--no-send] [--no-connections]
+                         [--no-send] [--no-connections] [--no-rpc]
                          [--output-dir DIR | --md PATH --png PATH --json PATH]
 
 What runs
@@ -44,8 +44,9 @@ After the receivers, the same invocation runs the sender side
 (``benchmarks/send.py``, ``send.md``; ``--no-send`` skips it) and the
 many-connections benchmark (``benchmarks/connections.py``:
 ``connections.md`` and ``connections.json`` beside the report, its own
-``--quick`` in quick mode; ``--no-connections`` skips it), and the report
-points to them.
+``--quick`` in quick mode; ``--no-connections`` skips it) and the
+many-connection RPC benchmark (``benchmarks/rpc.py``: ``rpc.md`` and
+``rpc.json``; ``--no-rpc`` skips it), and the report points to them.
 """
 
 from __future__ import annotations
@@ -431,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="skip the sender-side benchmark (benchmarks/send.py)")
     ap.add_argument("--no-connections", dest="connections", action="store_false",
                     help="skip the many-connections benchmark (benchmarks/connections.py)")
+    ap.add_argument("--no-rpc", dest="rpc", action="store_false",
+                    help="skip the many-connection RPC benchmark (benchmarks/rpc.py)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else REPEATS)
     scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
@@ -491,6 +494,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["--md", str(conn_md), "--json", str(md.parent / "connections.json"),
              *(["--quick"] if args.quick else []),
              *([] if args.progress else ["--no-progress"])])
+    rpc_md = None
+    if args.rpc:
+        from . import rpc
+
+        rpc_md = md.parent / "rpc.md"
+        os.sched_setaffinity(0, allowed)  # rpc.py pins its own processes
+        print("\n[benchmarks] many-connection RPC (benchmarks/rpc.py)", file=sys.stderr)
+        rpc.main(["--md", str(rpc_md), "--json", str(md.parent / "rpc.json"),
+                  *(["--quick"] if args.quick else [])])
     res = Results(runs, receivers)
     plot_note = plot(res, png)
     text = report(res, machine, repeats, jobs, skipped, plot_note,
@@ -501,6 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "same peers: "
                  f"[{conn_md.name}]({os.path.relpath(conn_md, md.parent)}), from "
                  "`python -m benchmarks.connections" + (" --quick" if args.quick else "")
+                 + "`, run after this report's measurements in the same invocation.\n")
+    if rpc_md is not None:
+        text += ("\n## RPC servers with many connections\n\nServer CPU per request, "
+                 "requests/s, client-side p50/p99 latency and TCP segments per request, "
+                 "1 to 1,000 connections: "
+                 f"[{rpc_md.name}]({os.path.relpath(rpc_md, md.parent)}), from "
+                 "`python -m benchmarks.rpc" + (" --quick" if args.quick else "")
                  + "`, run after this report's measurements in the same invocation.\n")
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)

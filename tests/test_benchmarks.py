@@ -47,6 +47,10 @@ def test_quick_benchmark_writes_report(tmp_path: Path) -> None:
     assert "## Many connections" in md and "(connections.md)" in md
     assert (tmp_path / "connections.md").read_text().startswith("# Many connections")
     assert json.loads((tmp_path / "connections.json").read_text())["quick"] is True
+    # So did the many-connection RPC benchmark: every reply checked, a row per cell.
+    rows = json.loads((tmp_path / "rpc.json").read_text())
+    assert rows and all(r["bad"] == 0 and r["requests"] > 0 for r in rows)
+    assert "## Server CPU per request" in (tmp_path / "rpc.md").read_text()
 
 
 @pytest.mark.timeout(150)
