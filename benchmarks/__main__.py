@@ -507,20 +507,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_note = plot(res, png)
     text = report(res, machine, repeats, jobs, skipped, plot_note,
                   os.path.relpath(png, md.parent), elapsed, args.quick, pinned, send_md)
-    if conn_md is not None:
-        text += ("\n## Many connections\n\nIdle memory per connection after one burst, and "
-                 "server CPU per MB with every connection streaming at once, against the "
-                 "same peers: "
-                 f"[{conn_md.name}]({os.path.relpath(conn_md, md.parent)}), from "
-                 "`python -m benchmarks.connections" + (" --quick" if args.quick else "")
-                 + "`, run after this report's measurements in the same invocation.\n")
-    if rpc_md is not None:
-        text += ("\n## RPC servers with many connections\n\nServer CPU per request, "
-                 "requests/s, client-side p50/p99 latency and TCP segments per request, "
-                 "1 to 1,000 connections: "
-                 f"[{rpc_md.name}]({os.path.relpath(rpc_md, md.parent)}), from "
-                 "`python -m benchmarks.rpc" + (" --quick" if args.quick else "")
-                 + "`, run after this report's measurements in the same invocation.\n")
+    for title, what, path, module in (
+        ("Many connections", "Idle memory per connection after one burst, and server CPU "
+         "per MB with every connection streaming at once, against the same peers",
+         conn_md, "connections"),
+        ("RPC servers with many connections", "Server CPU per request, requests/s, "
+         "client-side p50/p99 latency and TCP segments per request, 1 to 1,000 "
+         "connections", rpc_md, "rpc"),
+    ):
+        if path is not None:
+            text += (f"\n## {title}\n\n{what}: "
+                     f"[{path.name}]({os.path.relpath(path, md.parent)}), from "
+                     f"`python -m benchmarks.{module}" + (" --quick" if args.quick else "")
+                     + "`, run after this report's measurements in the same invocation.\n")
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)
     js.parent.mkdir(parents=True, exist_ok=True)
