@@ -15,16 +15,15 @@ nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import final
 
-from ._pool import Budget, set_trim_hook, slab_stores, trim_slab_stores
+from ._pool import Budget, slab_stores, trim_slab_stores
 
 __all__ = [
-    "ZCMemoryStats", "budget_for", "memory_stats", "running_budget", "set_memory_limit",
+    "ZCMemoryStats", "budget_for", "keep_trimming", "memory_stats", "running_budget",
+    "set_memory_limit",
 ]
 
 #: The loop-wide bound when none was set: none (each connection's own bound
@@ -47,57 +46,66 @@ def budget_for(key: object) -> Budget:
 # The slab stores (_pool.pyx) trim themselves as slabs are given back, but a
 # process that went quiet gives nothing back any more, and its free slabs must
 # still go cold (pages dropped after 0.2 s) and be unmapped as demand decays
-# (halving each second).  One daemon thread does it for the whole process,
-# whatever runs its connections (asyncio, uvloop, trio, a blocking loop): the
-# stores call keep_trimming() at the first slab given back after a quiet
-# spell; the thread wakes every TRIM_EVERY seconds while some store holds
-# more than its floor, and ends when none does.  Trimming touches free slabs
-# only (no connection can reach them) and runs with the GIL held, like every
-# store operation.
-#
-# Why a thread and not a timer on the loop: a trio run has no call_later,
-# and the stores are the process's, not a loop's.  The thread sleeps between
-# rounds; a round is a few munmap/madvise calls.
+# (halving each second).  So whoever runs connections keeps a timer going
+# while the stores hold more than their floor: keep_trimming() starts one on
+# the running asyncio loop (call_later) or trio run (a system task), every
+# TRIM_EVERY seconds until there is nothing left to trim.  The asyncio
+# transports call it from their idle sweeper, aiozc.anyio streams when they
+# go idle or close.  Not a thread: a thread beside a busy server cost it
+# 1-2% CPU per byte (benchmarks.ab, bulk cells), and its stack and malloc
+# arena grow the process's address space by 70 MiB.
 TRIM_EVERY = 0.25
 
-_trimmer_lock = threading.Lock()
-_trimmer: threading.Thread | None = None
-
-
-def _trim_until_quiet() -> None:
-    global _trimmer
-    event = threading.Event()
-    while True:
-        event.wait(TRIM_EVERY)
-        # Under the lock: the store re-arms its hook when this finds nothing
-        # more to do, and a keep_trimming() call from then on must find the
-        # thread gone and start another.
-        with _trimmer_lock:
-            if not trim_slab_stores():
-                _trimmer = None
-                return
+# Event loops (asyncio) and trio runs (their tokens) with a timer going.
+_trimming: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 def keep_trimming() -> None:
-    """Make sure free slabs are trimmed while the process is quiet (the stores
-    call this once per quiet spell)."""
-    global _trimmer
-    with _trimmer_lock:
-        if _trimmer is None:
-            _trimmer = threading.Thread(target=_trim_until_quiet, name="aiozc-trim",
-                                        daemon=True)
-            _trimmer.start()
+    """Trim the slab stores every TRIM_EVERY seconds on the running loop (or
+    trio run) while they hold more than their floor; cheap when a timer is
+    already going."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        if loop not in _trimming and trim_slab_stores():
+            _trimming.add(loop)
+            loop.call_later(TRIM_EVERY, _trim_later, weakref.ref(loop))
+        return
+    try:
+        import trio.lowlevel
+    except ImportError:
+        return
+    try:
+        token = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return
+    if token not in _trimming and trim_slab_stores():
+        _trimming.add(token)
+        trio.lowlevel.spawn_system_task(_trim_on_trio, token)
 
 
-def _after_fork() -> None:
-    global _trimmer, _trimmer_lock
-    _trimmer_lock = threading.Lock()
-    _trimmer = None  # the thread did not survive the fork
-    trim_slab_stores()  # re-arms the stores' hook if nothing is to be trimmed
+def _trim_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+    loop = loop_ref()
+    if loop is None:
+        return
+    if not loop.is_closed() and trim_slab_stores():
+        loop.call_later(TRIM_EVERY, _trim_later, loop_ref)
+    else:
+        _trimming.discard(loop)
 
 
-os.register_at_fork(after_in_child=_after_fork)
-set_trim_hook(keep_trimming)
+async def _trim_on_trio(token: object) -> None:
+    import trio
+
+    try:
+        while True:
+            await trio.sleep(TRIM_EVERY)
+            if not trim_slab_stores():
+                return
+    finally:
+        _trimming.discard(token)
 
 
 def _loop_key() -> object:

@@ -35,7 +35,7 @@ from aiozc._kernel cimport (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVAT
 
 from builtins import memoryview as _MemoryView
 
-__all__ = ["Budget", "join", "is_pool_view", "set_trim_hook", "slab_stores", "trim_slab_stores"]
+__all__ = ["Budget", "join", "is_pool_view", "slab_stores", "trim_slab_stores"]
 
 
 # Copy slabs start SKEW bytes into their mapping, not at
@@ -241,36 +241,9 @@ cdef class SlabStore:
         if (self.nfree > KEEP_FREE and self.nfree > self.demand - self.in_use) \
                 or now - self.trimmed_at >= COLD_AFTER_NS // 4:
             self.trim()
-        _want_trimming()
 
 
 cdef dict _stores = {}
-
-# A process that went quiet gives no slab back any more, so no give() trims:
-# the first give() after a quiet spell calls the trim hook (aiozc/_memory.py
-# starts its trimmer thread), which calls trim_slab_stores() until it says
-# nothing more is to be done, and that re-arms the hook.  One C flag test per
-# give() otherwise.
-cdef object _trim_hook = None
-cdef bint _hook_armed = False
-
-
-def set_trim_hook(hook):
-    """Call ``hook()`` when the stores hold free slabs someone must trim later."""
-    global _trim_hook
-    _trim_hook = hook
-
-
-cdef void _want_trimming() noexcept:
-    global _hook_armed
-    if _hook_armed or _trim_hook is None:
-        return
-    _hook_armed = True
-    try:
-        _trim_hook()
-    except BaseException:  # e.g. no thread at interpreter shutdown
-        _hook_armed = False
-
 
 cdef SlabStore _store_for(size_t slab_size):
     store = _stores.get(slab_size)
@@ -286,7 +259,6 @@ def trim_slab_stores():
     fewer; returns True while some store still has slabs in use (their
     release will want a trim) or holds more than its floor: call again later.
     """
-    global _hook_armed
     cdef SlabStore store
     more = False
     for obj in _stores.values():
@@ -294,8 +266,6 @@ def trim_slab_stores():
         store.trim()
         if store.in_use or store.nfree > KEEP_FREE or store.ncold < store.nfree:
             more = True
-    if not more:
-        _hook_armed = False
     return more
 
 

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, final
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
-from ._memory import budget_for
+from ._memory import budget_for, keep_trimming
 from ._protocol import ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -1280,6 +1280,10 @@ class _IdleSweeper:
                 watched[transport] = transport._pumps
         if watched:
             self._timer = self._loop.call_later(_IDLE_AFTER, self._sweep)
+        # The shared slab stores keep free slabs for recent demand, which
+        # decays with time: while they hold more than their floor, look
+        # again a little later (a quiet server ends up holding none).
+        keep_trimming()
 
 
 # Keyed by id(loop): a sweeper's transports hold their loop, so the id

@@ -64,7 +64,7 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._framereader import FrameReader, Next
-from ._memory import running_budget
+from ._memory import keep_trimming, running_budget
 from ._quirks import running_quirks
 from ._stats import ZCStats
 
@@ -408,6 +408,7 @@ class ZCSocketStream(SocketStream):
         # receive takes again costs two list operations.)
         if not len(self._buf):
             self._rx.release_idle()
+            keep_trimming()
         await anyio.wait_readable(self._sock)
 
     def _gather(self, buffer: ViewBuffer, nbytes: int) -> bool:
@@ -495,6 +496,7 @@ class ZCSocketStream(SocketStream):
             # after close(), and trio would keep it registered in epoll.
             anyio.notify_closing(self._sock)
         rx.close()
+        keep_trimming()  # what the connection gave back goes cold in time
         if rx.holds_socket:
             # Views still hold the window, and the mapping holds the socket's
             # file open: close() alone would leave the connection up until the
