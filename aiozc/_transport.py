@@ -115,6 +115,7 @@ class ZCTransport(_FlowControlMixin):
         "_closing",
         "_config",
         "_corked",
+        "_batch_event",
         "_batch_iteration",
         "_conn_lost",
         "_connections",
@@ -215,6 +216,7 @@ class ZCTransport(_FlowControlMixin):
         # ends (ZCConfig.batch_writes): _OFF, _OPEN (the next write goes at
         # once and closes it), _HOLDING (writes wait in the queue): see _uncork.
         self._corked = _OFF
+        self._batch_event = False  # batch_scope == "event" (set_protocol)
         self._batch_iteration = False  # batch_scope == "iteration" (set_protocol)
         self._protocol: asyncio.BaseProtocol = protocol
         # What recv() brought a plain Protocol/BufferedProtocol (in stats).
@@ -321,8 +323,10 @@ class ZCTransport(_FlowControlMixin):
         """
         self._protocol = protocol
         self._kind = _kind_of(protocol)
-        self._batch_iteration = self._config.batch_writes and (
-            getattr(protocol, "batch_scope", "event") == "iteration")
+        # Decided here, not per event: the read path tests one flag.
+        scope = getattr(protocol, "batch_scope", "event") if self._config.batch_writes else None
+        self._batch_event = scope == "event"
+        self._batch_iteration = scope == "iteration"
         # A switch can happen in the middle of a pump (inside a callback),
         # with views still to come from it, or with views held back by a
         # pause: the engine's sink must suit the new protocol at once.
@@ -435,13 +439,13 @@ class ZCTransport(_FlowControlMixin):
     # its next request meanwhile; holding every answer to the end of the
     # event made client and server take turns (measured, one connection,
     # 8 requests of 512 B in flight: 70,000 requests/s and a p50 of 112 us
-    # against asyncio's 127,000 and 59 us).  No write waits past the end of the event that made
-    # it; close(), write_eof() and flow control see the queue as they would
-    # see a socket that took nothing.  ZCConfig.batch_writes=False sends
+    # against asyncio's 127,000 and 59 us).  No write waits past the end of
+    # the event that made it; close(), write_eof() and flow control see the
+    # queue as they would see a socket that took nothing.  ZCConfig.batch_writes=False sends
     # each write at once, as asyncio does.
 
     def _read_ready(self) -> None:
-        if not self._config.batch_writes or self._batch_iteration:
+        if not self._batch_event:
             # (An "iteration" batch is opened by the first write instead:
             # the writes come from tasks this event only wakes, and an
             # event that makes none costs nothing.)
