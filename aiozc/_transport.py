@@ -445,38 +445,52 @@ class ZCTransport(_FlowControlMixin):
     # each write at once, as asyncio does.
 
     def _read_ready(self) -> None:
-        if not self._batch_event:
-            # (An "iteration" batch is opened by the first write instead:
-            # the writes come from tasks this event only wakes, and an
-            # event that makes none costs nothing.)
-            self._read_event()
+        # One read event, in as few Python frames as it can be (with one
+        # request per event, as an RPC server with one request in flight per
+        # connection sees, each frame is a measurable share of the request:
+        # folding _read_event and the uncork call into this one, and the
+        # small-write checks into write(), took 0.2 us off each event of
+        # about 8 us, recv and send included).
+        #
+        # Completions first: EPOLLERR (a notification queued) lands here
+        # too, and on the stdlib loop it keeps landing here, every
+        # iteration, until the error queue is read.
+        if self._zc.pending_bytes:
+            self._reap_sends()
+        if self._closing:
             return
-        self._corked = _OPEN
+        # (An "iteration" batch is opened by the first write instead: the
+        # writes come from tasks this event only wakes, and an event that
+        # makes none costs nothing.)
+        batch = self._batch_event
+        if batch:
+            self._corked = _OPEN
         try:
-            self._read_event()
+            if self._kind == _VIEWS:
+                self._pump(self._want)
+            else:
+                self._read_event_plain()
         finally:
-            self._uncork()
+            if batch:
+                self._corked = _OFF
+                if self._queue:
+                    self._send_held()
 
     def _uncork(self) -> None:
         if not self._corked:
             return
         self._corked = _OFF
-        if self._queue and not self._writer_on and not self._sendfile_busy:
+        if self._queue:
+            self._send_held()
+
+    def _send_held(self) -> None:
+        # The writes a batch held: sent as the writer callback would.
+        if not self._writer_on and not self._sendfile_busy:
             self._write_ready()
             if self._queue:
                 self._set_writer(True)
 
-    def _read_event(self) -> None:
-        # Completions first: EPOLLERR (a notification queued) lands here
-        # too, and on the stdlib loop it keeps landing here, every
-        # iteration, until the error queue is read.
-        if self._zc.pending:
-            self._reap_sends()
-        if self._closing:
-            return
-        if self._kind == _VIEWS:
-            self._pump(self._want)
-            return
+    def _read_event_plain(self) -> None:
         if self._rx.has_pending:
             # Views a pause held back before a switch to a plain protocol:
             # they come first, through _deliver_copy.
@@ -709,11 +723,17 @@ class ZCTransport(_FlowControlMixin):
             # callbacks.
             self._corked = _HOLDING
             self._loop.call_soon(self._uncork)
-        view = self._zc.view_for(data)
+        zc = self._zc
+        view = zc.view_for(data) if len(data) >= zc.min_size else None
         n = 0
         if not self._queue and not self._sendfile_busy and corked != _HOLDING:
             try:
-                n = self._zc.send(view) if view is not None else self._send_copy(data)
+                if view is not None:
+                    n = zc.send(view)
+                else:  # (_send_copy, inline: this is every small reply)
+                    zc.send_calls += 1
+                    n = self._sock.send(data)
+                    zc.bytes_copied += n
             except (BlockingIOError, InterruptedError):
                 pass
             except (SystemExit, KeyboardInterrupt):
@@ -772,7 +792,7 @@ class ZCTransport(_FlowControlMixin):
         return n
 
     def _write_ready(self) -> None:
-        if self._zc.pending:
+        if self._zc.pending_bytes:
             self._reap_sends()
         if self._conn_lost:
             return

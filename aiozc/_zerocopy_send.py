@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from typing import Final, Literal, final
 
 from ._config import ZCConfig
@@ -93,7 +94,7 @@ class ZeroCopySendTracker:
 
     __slots__ = (
         "_sock", "_policy", "_threshold", "_copied_limit", "_armed", "_next_id",
-        "_held", "_copied_run", "active", "fallback_reason", "pending_bytes",
+        "_held", "_copied_run", "active", "min_size", "fallback_reason", "pending_bytes",
         "bytes_zerocopy", "bytes_copied", "bytes_buffered", "send_calls", "completions_copied",
         "enobufs", "notifications",
     )
@@ -110,6 +111,10 @@ class ZeroCopySendTracker:
         self._copied_run = 0
         #: Whether eligible writes go zerocopy now.
         self.active = self._policy != "never"
+        #: The smallest write that may go zerocopy: the threshold while
+        #: active, else ``sys.maxsize`` (one comparison on every write
+        #: spares small writes the call to :meth:`view_for`).
+        self.min_size = self._threshold if self.active else sys.maxsize
         #: Why they do not (None while they do).
         self.fallback_reason: str | None = (
             None if self.active else "send_zerocopy='never'"
@@ -156,6 +161,7 @@ class ZeroCopySendTracker:
             # EOPNOTSUPP: not TCP or UDP (AF_UNIX); ENOPROTOOPT: a kernel
             # older than 4.14.
             self.active = False
+            self.min_size = sys.maxsize
             self.fallback_reason = (
                 f"the socket refused SO_ZEROCOPY ({os.strerror(exc.errno or 0)}): "
                 "every write is sent by copy"
@@ -231,6 +237,7 @@ class ZeroCopySendTracker:
         if (self._policy == "auto" and self.active
                 and self._copied_run >= self._copied_limit):
             self.active = False
+            self.min_size = sys.maxsize
             self.fallback_reason = (
                 f"the kernel copied {self._copied_run} MSG_ZEROCOPY sends in a row "
                 "(SO_EE_CODE_ZEROCOPY_COPIED: loopback, veth, a device without "
