@@ -17,6 +17,10 @@ written the way its API is meant to be used: the protocols parse frames as
 bytes arrive and ``transport.write`` each reply; the stream handlers
 ``readexactly`` a header and then the body, and ``writer.write`` the reply
 (aiozc: ``readexactly(4)`` + ``readexactly_view(n)``, as the README shows);
+aiozc's ZCProtocol two ways, both of which users write: each view copied
+into a bytearray that frames are parsed from (``with data:`` releasing it,
+as the README shows), and views queued in an ``aiozc.ViewBuffer`` that
+each request is taken from as one view;
 aiozc's anyio listener ``receive_exactly_view`` + ``send``.  Every socket
 has the options its server gives it in real use (``TCP_NODELAY`` on all:
 asyncio sets it on the IPPROTO_TCP sockets its servers make).
@@ -72,7 +76,8 @@ QUICK = {"connections": (1, 100), "sizes": (4096,), "windows": (8,), "requests":
          "repeats": 1}
 #: --quick: a few servers (a smoke run: its figures are not measurements).
 QUICK_SERVERS = ("asyncio BufferedProtocol [asyncio]", "aiozc ZCProtocol auto [asyncio]",
-                 "aiozc streams [uvloop]", "aiozc anyio [asyncio]")
+                 "aiozc ZCProtocol auto, ViewBuffer [uvloop]", "aiozc streams [uvloop]",
+                 "aiozc anyio [asyncio]", "floor (Python epoll, no loop) [blocking]")
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,9 @@ class Server:
             "protocol": "asyncio Protocol", "buffered": "asyncio BufferedProtocol",
             "aiofastnet": "aiofastnet BufferedProtocol", "streams": "asyncio streams",
             "zc-auto": "aiozc ZCProtocol auto", "zc-never": "aiozc ZCProtocol never",
+            "zc-views": "aiozc ZCProtocol auto, ViewBuffer",
             "zc-streams": "aiozc streams", "zc-anyio": "aiozc anyio",
+            "floor": "floor (Python epoll, no loop)",
         }[self.api] + f" [{self.loop}]"
 
     @property
@@ -97,15 +104,21 @@ class Server:
         """Whether this is an aiozc server."""
         return self.api.startswith("zc")
 
+    @property
+    def peer(self) -> bool:
+        """Whether this is a peer (the ratios are to the best of them)."""
+        return not self.aiozc and self.api != "floor"
+
 
 def all_servers() -> list[Server]:
     """Every server, on both loops (anyio on asyncio)."""
     out = []
     for loop in ("asyncio", "uvloop"):
         for api in ("protocol", "buffered", "aiofastnet", "streams", "zc-auto", "zc-never",
-                    "zc-streams"):
+                    "zc-views", "zc-streams"):
             out.append(Server(api, loop))
     out.append(Server("zc-anyio", "asyncio"))
+    out.append(Server("floor", "blocking"))
     return out
 
 
@@ -164,6 +177,36 @@ async def _start(srv: Server) -> tuple[int, Any]:
         config = aiozc.ZCConfig(zerocopy="auto" if srv.api == "zc-auto" else "never")
         zserver = await aiozc.create_server(Rpc, HOST, 0, backlog=4096, config=config)
         return zserver.sockets[0].getsockname()[1], zserver
+    if srv.api == "zc-views":
+        # The other way a ZCProtocol user cuts frames: the views queued in
+        # an aiozc.ViewBuffer, each request taken as one view (no copy into
+        # a bytearray), as the single-connection suite's receiver does.
+        import aiozc
+
+        class ViewRpc(aiozc.ZCProtocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                self.vb = aiozc.ViewBuffer()
+                self.size = -1
+
+            def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+                vb = self.vb
+                vb.append(data)
+                while True:
+                    if self.size < 0:
+                        if len(vb) < HEADER:
+                            return
+                        self.size = vb.take_int(HEADER)
+                    if len(vb) < self.size:
+                        self.transport.gather(vb, self.size)
+                        return
+                    with vb.take(self.size) as body:
+                        crc = zlib.crc32(body)
+                    self.size = -1
+                    self.transport.write(crc.to_bytes(4, "big"))
+
+        vserver = await aiozc.create_server(ViewRpc, HOST, 0, backlog=4096)
+        return vserver.sockets[0].getsockname()[1], vserver
     if srv.api in ("buffered", "aiofastnet"):
         class BufRpc(asyncio.BufferedProtocol):
             def connection_made(self, transport: Any) -> None:
@@ -279,9 +322,83 @@ async def _serve(srv: Server, pipe: Connection) -> None:
         pipe.send(("cpu", _rusage()))
 
 
+# The floor: a Python server with no event loop, transport or protocol at
+# all.  One epoll, non-blocking sockets, a recv() of up to 256 KiB per
+# readiness, the requests it completes CRC'd and their replies joined into
+# one send().  Where every server costs about what it does (one request per
+# readiness: windows of 1), what is left is the kernel's share and
+# Python's, and a target far below it is out of reach of any asyncio
+# server.  (It is not a bound where a server can do less kernel work than
+# one recv and one send per readiness: replies batched across events, or
+# fewer wake-ups, can beat it.)  The report prints every server's ratio to
+# it beside the ratio to the best peer.
+def _floor_serve(pipe: Connection) -> None:
+    import resource
+    import select
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((HOST, 0))
+    lsock.listen(4096)
+    lsock.setblocking(False)
+    pipe.send(("port", lsock.getsockname()[1]))
+    ep = select.epoll()
+    ep.register(lsock.fileno(), select.EPOLLIN)
+    ep.register(pipe.fileno(), select.EPOLLIN)
+    conns: dict[int, tuple[socket.socket, bytearray]] = {}
+    lfd, pfd = lsock.fileno(), pipe.fileno()
+    crc32 = zlib.crc32
+    while True:
+        for fd, _ev in ep.poll():
+            if fd == lfd:
+                while True:
+                    try:
+                        c, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    c.setblocking(False)
+                    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    conns[c.fileno()] = (c, bytearray())
+                    ep.register(c.fileno(), select.EPOLLIN)
+            elif fd == pfd:
+                if pipe.recv() is None:
+                    os._exit(0)
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                pipe.send(("cpu", ru.ru_utime + ru.ru_stime))
+            else:
+                c, buf = conns[fd]
+                try:
+                    data = c.recv(262144)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    ep.unregister(fd)
+                    del conns[fd]
+                    c.close()
+                    continue
+                buf += data
+                pos, have, out = 0, len(buf), []
+                while have - pos >= HEADER:
+                    n = int.from_bytes(buf[pos:pos + HEADER], "big")
+                    if have - pos - HEADER < n:
+                        break
+                    start = pos + HEADER
+                    out.append(crc32(memoryview(buf)[start:start + n]).to_bytes(4, "big"))
+                    pos = start + n
+                if pos:
+                    del buf[:pos]
+                if out:
+                    c.send(b"".join(out) if len(out) > 1 else out[0])
+
+
 def _server_main(pipe: Connection, api: str, loop_name: str, cpu: int | None) -> None:
     _raise_nofile()
     pin(cpu)
+    if api == "floor":
+        _floor_serve(pipe)
+        return
     srv = Server(api, loop_name)
     if loop_name == "uvloop":
         import uvloop
@@ -396,7 +513,7 @@ def run_cell(srv: Server, conns: int, size: int, window: int, requests: int,
         cpu = pipe.recv()[1] - cpu0
     finally:
         stop(pipe, proc)
-    res.update(server=srv.name, aiozc=srv.aiozc, conns=conns, size=size, window=window,
+    res.update(server=srv.name, aiozc=srv.aiozc, peer=srv.peer, conns=conns, size=size, window=window,
                cpu_us=cpu * 1e6 / res["requests"], segs_per_req=segs / res["requests"],
                req_per_s=res["requests"] / res["wall_s"])
     return res
@@ -417,21 +534,33 @@ def report(rows: list[dict[str, Any]], machine: dict[str, str], args: argparse.N
             rs = [r for r in rows if r["server"] == srv and (r["conns"], r["size"], r["window"]) == cell]
             for k in ("cpu_us", "req_per_s", "p50_us", "p99_us", "segs_per_req"):
                 med[(srv, cell, k)] = statistics.median(r[k] for r in rs) if rs else float("nan")
-    aiozc_names = {r["server"] for r in rows if r["aiozc"]}
+    non_peers = {r["server"] for r in rows if not r.get("peer", not r["aiozc"])}
+    floors = [r["server"] for r in rows if r["server"].startswith("floor")]
     out = ["# RPC servers with many connections", "",
            f"Generated by `python -m benchmarks.rpc` ({args.repeats} interleaved server "
            f"processes per cell, medians). {__doc__.split(chr(10) + chr(10))[1]}", ""]
     out += machine_lines(machine).splitlines()
     out += ["", "## Server CPU per request (µs) and ratio to the best peer", ""]
+    if floors:
+        out += [("The second ratio (after /) is to the floor: a Python server with no "
+                 "event loop (one epoll, a recv() per readiness, one send() of the "
+                 "replies it completes). Where a cell's servers all cost about what it "
+                 "does, the rest is the kernel's share and Python's, not the loop's "
+                 "or aiozc's."), ""]
     head = ["server"] + [f"{c} conn × {s} B × W{w}" for c, s, w in cells]
     body = []
     best = {}
     for cell in cells:
-        peers = [(med[(s, cell, "cpu_us")], s) for s in servers if s not in aiozc_names]
+        peers = [(med[(s, cell, "cpu_us")], s) for s in servers if s not in non_peers]
         best[cell] = min(peers)[0] if peers else float("nan")
+    floor = {c: med[(floors[0], c, "cpu_us")] if floors else float("nan") for c in cells}
+
+    def cpu_cell(srv: str, c: tuple[int, int, int]) -> str:
+        v = med[(srv, c, "cpu_us")]
+        return f"{v:.1f} ({v / best[c]:.2f}x" + (f" / {v / floor[c]:.2f}x)" if floors else ")")
+
     for srv in servers:
-        body.append([srv] + [f"{med[(srv, c, 'cpu_us')]:.1f} ({med[(srv, c, 'cpu_us')] / best[c]:.2f}x)"
-                             for c in cells])
+        body.append([srv] + [cpu_cell(srv, c) for c in cells])
     out += table(head, body).splitlines()
     for title, key, fmt in (("Requests per second (all connections)", "req_per_s", "{:.0f}"),
                             ("p50 / p99 latency at the client (µs)", "p50_us", ""),
