@@ -192,6 +192,14 @@ cdef class Receiver:
         """True when a pause held back views that are yet to be delivered."""
         return bool(self.pending)
 
+    @property
+    def min_gather_size(self):
+        """The smallest frame :meth:`gather` accepts (twice ``receive_size``).
+
+        A frame reader need not ask for smaller ones: the answer is no.
+        """
+        return 2 * self.receive_size
+
     def deliver_pending(self):
         """Hand views held back by a pause to the sink; False if paused again."""
         while self.pending:
@@ -231,7 +239,7 @@ cdef class Receiver:
         cdef char *dst
         if (self.fd < 0 or self.gidx >= 0 or self.policy.mode != MODE_COPY
                 or self.policy.phase == PH_PROBE or self.pending or self.paused
-                or <size_t>total < 2 * self.receive_size):
+                or <size_t>total < 2 * self.receive_size):  # (min_gather_size)
             # Smaller frames gain nothing: their head, up to a whole
             # receive, is copied anyway, and finishing them costs one more
             # recv.  Measured with benchmarks/_receivers.py's ZCProtocol

@@ -64,7 +64,8 @@ class FrameReader:
     """
 
     __slots__ = (
-        "buffer", "eof", "error", "_gather", "_end_gather", "_gathering", "_asked", "_starved_at",
+        "buffer", "eof", "error", "_gather", "_end_gather", "_min_gather", "_gathering", "_asked",
+        "_starved_at",
     )
 
     def __init__(
@@ -81,6 +82,7 @@ class FrameReader:
         self.error: BaseException | None = None
         self._gather = gather
         self._end_gather = end_gather
+        self._min_gather = 2  # asking for "any bytes" (1) never needs it
         self._gathering = 0  # size of the frame the engine gathers, 0: none
         self._asked = 0  # the frame size the engine was asked to gather for
         # The queue's length when receiving starved with none of the memory
@@ -90,10 +92,17 @@ class FrameReader:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def connect(self, gather: Gather, end_gather: Callable[[], None]) -> None:
-        """Connect to a receive engine once it exists (see the class docstring)."""
+    def connect(
+        self, gather: Gather, end_gather: Callable[[], None], min_size: int = 2
+    ) -> None:
+        """Connect to a receive engine once it exists (see the class docstring).
+
+        ``min_size``: the smallest frame the engine gathers (its
+        ``min_gather_size``); smaller ones are not offered to it.
+        """
         self._gather = gather
         self._end_gather = end_gather
+        self._min_gather = max(2, min_size)
 
     # -- fed by the driver -------------------------------------------------------
 
@@ -141,11 +150,12 @@ class FrameReader:
             return Next.ERROR
         if self.eof:
             return Next.EOF
-        if self._asked != nbytes and self._gather is not None and nbytes > 1:
+        if nbytes >= self._min_gather and self._asked != nbytes and self._gather is not None:
             # A big frame: the engine receives its rest straight into one
             # buffer, and delivers it whole; the head moved there too.  It
             # is asked once per wait (a refusal costs a call per receive),
-            # and not for "any bytes" (1), which never needs it.
+            # and not for frames under its minimum (a header: it would say
+            # no, at three calls and a list per wait).
             self._asked = nbytes
             if self._gather(buffer, nbytes):
                 self._gathering = nbytes

@@ -81,6 +81,9 @@ class ZCStreamReader(asyncio.StreamReader):
         self._frames = FrameReader()
         self._views = self._frames.buffer
         self._zc: ZCTransport | None = None
+        # Flow control's two marks, computed once (see _PAUSE_FLOOR).
+        self._pause_above = max(2 * self._limit, _PAUSE_FLOOR)
+        self._resume_below = max(self._limit, _PAUSE_FLOOR // 2)
 
     def __repr__(self) -> str:
         info = ["ZCStreamReader", f"{len(self._views)} bytes"]
@@ -110,7 +113,8 @@ class ZCStreamReader(asyncio.StreamReader):
         super().set_transport(transport)
         if isinstance(transport, ZCTransport):
             self._zc = transport
-            self._frames.connect(transport.gather, transport.end_gather)
+            self._frames.connect(transport.gather, transport.end_gather,
+                                 transport.min_gather_size)
 
     def feed_eof(self) -> None:
         """The peer closed its side: what is queued is all there will be."""
@@ -132,7 +136,7 @@ class ZCStreamReader(asyncio.StreamReader):
         if (
             self._transport is not None
             and not self._paused
-            and len(self._views) > max(2 * self._limit, _PAUSE_FLOOR)
+            and len(self._views) > self._pause_above
         ):
             try:
                 self._transport.pause_reading()
@@ -147,7 +151,7 @@ class ZCStreamReader(asyncio.StreamReader):
         self._frames.starved()
 
     def _maybe_resume_transport(self) -> None:
-        if self._paused and len(self._views) <= max(self._limit, _PAUSE_FLOOR // 2):
+        if self._paused and len(self._views) <= self._resume_below:
             self._paused = False
             assert self._transport is not None
             self._transport.resume_reading()
@@ -260,6 +264,7 @@ class ZCStreamReader(asyncio.StreamReader):
             return
         frames = self._frames
         zc = self._zc
+        hinted = False
         try:
             while (step := frames.need(n)) is not Next.READY:
                 if step is Next.ERROR:
@@ -269,19 +274,19 @@ class ZCStreamReader(asyncio.StreamReader):
                     partial = self._views.take_bytes(len(self._views))
                     raise asyncio.IncompleteReadError(partial, n)
                 if zc is not None:
-                    # Receive now if the socket may hold more, reading no
-                    # further than this frame (ZCTransport.receive_now).
-                    if zc.receive_now(frames.missing(n)):
+                    missing = n - len(self._views)
+                    if zc.receive_now(missing):
                         continue
-                    zc.set_read_hint(frames.missing(n))
-                # WAIT_READABLE, or WAIT_MEMORY: the transport resumes
-                # reading once the application releases a view.
+                    # A header's wait too: left to its budget, the pump would
+                    # read on into the next frame's body, whose pieces would
+                    # then be joined instead of gathered.
+                    zc.set_read_hint(missing)
+                    hinted = True
                 await self._wait_for_data("readexactly")
         finally:
-            if zc is not None:
+            if hinted:
+                assert zc is not None
                 zc.set_read_hint(0)
-            # Cancelled (or failed) before a gathered frame was complete:
-            # what arrived of it is queued again, in order.
             frames.done(n)
 
     async def _find_separator(self, separator: bytes) -> int:

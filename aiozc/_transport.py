@@ -43,8 +43,11 @@ __all__ = ["ConnectionSet", "ZCTransport"]
 logger = logging.getLogger("aiozc")
 
 # The three ways a protocol can take data, fixed by its type.
-# ZCTransport._corked (replies batched per read event)
-_OFF, _OPEN, _HOLDING = 0, 1, 2
+# ZCTransport._corked (replies batched per read event): no batch; a read
+# event is being delivered and nothing written yet; writes are held until
+# the batch ends; batch_scope "iteration": a write went out since the last
+# read event or batch, so the next one opens a batch.
+_OFF, _OPEN, _HOLDING, _SENT = 0, 1, 2, 3
 
 _VIEWS = 0  # ZCProtocol: read-only memoryviews from the receive engine
 _BUFFERED = 1  # asyncio.BufferedProtocol: get_buffer()/buffer_updated()
@@ -413,6 +416,12 @@ class ZCTransport(_FlowControlMixin):
         """Give up an open :meth:`gather`: ``data_received`` gets what arrived now."""
         self._rx.end_gather()
 
+    @property
+    def min_gather_size(self) -> int:
+        """The smallest frame :meth:`gather` takes (twice ``ZCConfig.receive_size``):
+        a reader waiting for a smaller one need not ask."""
+        return self._rx.min_gather_size
+
     def _update_reader(self) -> None:
         want = not (self._closing or self._paused or self._starved or self._at_eof)
         if want and not self._reader_on:
@@ -459,12 +468,14 @@ class ZCTransport(_FlowControlMixin):
             self._reap_sends()
         if self._closing:
             return
-        # (An "iteration" batch is opened by the first write instead: the
-        # writes come from tasks this event only wakes, and an event that
-        # makes none costs nothing.)
+        # (An "iteration" batch is opened by the writes instead: they come
+        # from tasks this event only wakes, and an event that makes none
+        # costs nothing.)
         batch = self._batch_event
         if batch:
             self._corked = _OPEN
+        elif self._corked == _SENT:
+            self._corked = _OFF  # batch_scope "iteration": a new round of answers
         try:
             if self._kind == _VIEWS:
                 self._pump(self._want)
@@ -715,14 +726,22 @@ class ZCTransport(_FlowControlMixin):
         corked = self._corked
         if corked == _OPEN:
             self._corked = _HOLDING  # this write goes now, the next ones wait
-        elif self._batch_iteration and corked == _OFF:
-            # batch_scope "iteration": the first write goes now and opens a
-            # batch that every later write of this loop iteration joins (the
-            # tasks one read event woke answer in the same iteration); it
-            # leaves at the start of the next iteration, before its I/O
-            # callbacks.
-            self._corked = _HOLDING
-            self._loop.call_soon(self._uncork)
+        elif self._batch_iteration and corked != _HOLDING:
+            # batch_scope "iteration" (the tasks one read event woke answer
+            # in the next loop iteration): the first write after a read
+            # event goes now; a second one opens a batch that every later
+            # write of this iteration joins, and that leaves at the start of
+            # the next iteration, before its I/O callbacks.  A task that
+            # answers each request with one write (one request in flight)
+            # thus queues no callback at all: the next read event ends the
+            # "one went out" state.  (Opening the batch at the first write
+            # cost a Handle per request, 6 of the 81 Python calls per
+            # request of the streams RPC server with one request in flight.)
+            if corked == _OFF:
+                self._corked = _SENT
+            else:
+                self._corked = corked = _HOLDING
+                self._loop.call_soon(self._uncork)
         zc = self._zc
         view = zc.view_for(data) if len(data) >= zc.min_size else None
         n = 0

@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.ab OLD_TREE NEW_TREE [--rounds 3] [--repeats 3]
                             [--only NAME;NAME...] [--cells bulk:32768:plain,...]
                             [--output FILE]
+    python -m benchmarks.ab --from-json FILE
 
 Each tree is a checkout with its extensions built in place (``python
 setup.py build_ext --inplace``) and its own ``benchmarks`` package.  A
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -102,6 +104,23 @@ def run_tree(tree: str, names: list[str], cells: str, repeats: int) -> list[list
 Key = tuple[str, str, int, str]
 
 
+def rank_sum_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p of the Mann-Whitney U test (normal approximation).
+
+    The MSG_ZEROCOPY cells are bimodal over loopback (a run is fast or
+    slow, 2-5x apart, in both trees alike), so a median of a dozen runs can
+    move by more than 3% with nothing changed; the test says whether the
+    two trees' runs differ at all.  With 132 cells, about 7 show p < 0.05
+    by chance alone.
+    """
+    n1, n2 = len(a), len(b)
+    if not n1 or not n2:
+        return 1.0
+    u = sum(1.0 if y > x else 0.5 if y == x else 0.0 for x in a for y in b)
+    sd = math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+    return math.erfc(abs(u - n1 * n2 / 2) / sd / math.sqrt(2)) if sd else 1.0
+
+
 def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
     """Lines of the comparison (receiver-only and receiver+sender ratios)."""
     # (tree, round, repeat, cell) -> best peer's CPU in that run
@@ -113,28 +132,38 @@ def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
                 best[k] = min(us, best.get(k, us))
     ratios: dict[tuple[Key, str], list[float]] = defaultdict(list)
     sums: dict[tuple[Key, str], list[float]] = defaultdict(list)
+    raw: dict[tuple[Key, str], list[float]] = defaultdict(list)
     for tree, rs in rows.items():
         for rnd, rx, w, n, s, rep, us, snd_us in rs:
             if not str(rx).startswith("aiozc"):
                 continue
             ratios[((rx, w, n, s), tree)].append(us / best[(tree, rnd, rep, w, n, s)])
             sums[((rx, w, n, s), tree)].append(us + snd_us)
+            raw[((rx, w, n, s), tree)].append(us)
     lines = [f"{'receiver':<50} {'cell':<22} {'old':>6} {'new':>6} {'change':>7}  "
-             f"{'rx+snd old':>10} {'new':>7} {'change':>7}"]
-    flagged = 0
+             f"{'rx+snd old':>10} {'new':>7} {'change':>7}  {'rx only':>7} {'p':>5}"]
+    flagged = significant = 0
     changes = []
     for key in sorted({k for k, _ in ratios}):
         o, n = statistics.median(ratios[(key, old)]), statistics.median(ratios[(key, new)])
         so, sn = statistics.median(sums[(key, old)]), statistics.median(sums[(key, new)])
         d, ds = n / o - 1, sn / so - 1
+        a, b = raw[(key, old)], raw[(key, new)]
+        dr = statistics.median(b) / statistics.median(a) - 1
+        p = rank_sum_p(a, b)
         changes.append(d)
         flag = " <<<" if d > FLAG else ""
         flagged += d > FLAG
+        if dr > FLAG and p < 0.05:
+            flag += " (significant)"
+            significant += 1
         rx, w, size, s = key
         lines.append(f"{rx:<50} {w} {size:>7} {s:<9} {o:6.3f} {n:6.3f} {d:+7.1%}  "
-                     f"{so:10.1f} {sn:7.1f} {ds:+7.1%}{flag}")
+                     f"{so:10.1f} {sn:7.1f} {ds:+7.1%}  {dr:+7.1%} {p:5.3f}{flag}")
     lines.append(f"{len(changes)} cells; {flagged} worse than {FLAG:.0%} (receiver CPU / best "
-                 f"peer); median change {statistics.median(changes):+.1%}")
+                 f"peer); median change {statistics.median(changes):+.1%}; {significant} "
+                 f"where the receiver's own CPU is more than {FLAG:.0%} higher and the runs "
+                 "differ (rank-sum p < 0.05)")
     return lines
 
 
@@ -142,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ab",
                                  description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("old")
-    ap.add_argument("new")
+    ap.add_argument("old", nargs="?", default="")
+    ap.add_argument("new", nargs="?", default="")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="repeats per round (default 3)")
     ap.add_argument("--only", default=None,
@@ -152,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", default=ALL_CELLS,
                     help="workload:size:sender, comma-separated (default: all 12)")
     ap.add_argument("--output", default=None, help="also write the raw runs (JSON) here")
+    ap.add_argument("--from-json", default=None,
+                    help="compare the runs saved by an earlier --output instead of running")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print("\n".join(compare(saved["runs"], saved["old"], saved["new"])))
+        return 0
+    if not (args.old and args.new):
+        ap.error("OLD and NEW trees are required (or --from-json)")
     old, new = str(Path(args.old).resolve()), str(Path(args.new).resolve())
     if args.only:
         names = args.only.split(";")

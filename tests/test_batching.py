@@ -268,3 +268,76 @@ class TestStreamBatching:
             assert stats.send_calls <= 2, stats
         else:
             assert stats.send_calls == PIPELINED, stats
+
+    def test_one_request_in_flight_is_answered_at_once(self, run: Run) -> None:
+        """A client that waits for each answer before its next request: every
+        answer leaves in its own send() as soon as it is written (nothing is
+        held for a batch that never comes), and the client gets each one."""
+        rounds = 50
+
+        async def main() -> tuple[list[bytes], aiozc.ZCStats]:
+            stats: list[aiozc.ZCStats] = []
+
+            async def handle(reader: Any, writer: asyncio.StreamWriter) -> None:
+                for _ in range(rounds):
+                    n = int.from_bytes(await reader.readexactly(4), "big")
+                    with await reader.readexactly_view(n) as view:
+                        writer.write(bytes(view).upper())
+                stats.append(writer.transport.stats)  # type: ignore[attr-defined]
+                writer.close()
+
+            server = await aiozc.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            answers: list[bytes] = []
+
+            def client() -> None:
+                with socket.create_connection(("127.0.0.1", port)) as conn:
+                    conn.settimeout(30)
+                    for i in range(rounds):
+                        body = b"request %d" % i
+                        conn.sendall(_frames([body]))
+                        got = b""
+                        while len(got) < len(body):
+                            chunk = conn.recv(1024)
+                            assert chunk, "the server closed early"
+                            got += chunk
+                        answers.append(got)
+
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, client)
+            finally:
+                server.close()
+                await server.wait_closed()
+            return answers, stats[0]
+
+        answers, stats = run(main())
+        assert answers == [b"REQUEST %d" % i for i in range(rounds)]
+        assert stats.send_calls == rounds, stats
+
+    def test_writes_without_reads_between_them_keep_their_order(self, run: Run) -> None:
+        """A handler that pushes messages from its task over several loop
+        iterations, with no read event between them: the first goes at once,
+        later ones may wait for the next iteration, and all arrive in order."""
+        messages = [b"push %03d;" % i for i in range(40)]
+
+        async def main() -> bytes:
+            async def handle(reader: Any, writer: asyncio.StreamWriter) -> None:
+                await reader.readexactly(4)
+                for i, m in enumerate(messages):
+                    writer.write(m)
+                    if i % 3 == 0:
+                        await asyncio.sleep(0)  # the next iteration
+                    elif i % 7 == 0:
+                        await asyncio.sleep(0.002)
+                await writer.drain()
+                writer.close()
+
+            server = await aiozc.start_server(handle, "127.0.0.1", 0)
+            try:
+                got = await pipelined_client(server.sockets[0].getsockname()[1], [b""])
+            finally:
+                server.close()
+                await server.wait_closed()
+            return got
+
+        assert run(main()) == b"".join(messages)
