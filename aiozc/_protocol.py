@@ -20,8 +20,9 @@ class ZCProtocol(asyncio.Protocol):
     #: Which writes ``ZCConfig.batch_writes`` sends together: ``"event"``
     #: (the default) those made while one read event is delivered (every
     #: ``data_received`` of one wake-up); ``"iteration"`` those made in one
-    #: loop iteration, sent at the start of the next, for a protocol that
-    #: hands data to tasks that answer (aiozc's stream reader does).
+    #: loop iteration after the first write since the last read event,
+    #: sent at the start of the next iteration, for a protocol that hands
+    #: data to tasks that answer (aiozc's stream reader does).
     batch_scope: str = "event"
 
     def data_received(self, data: memoryview) -> None:  # type: ignore[override]
