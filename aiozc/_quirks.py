@@ -32,7 +32,7 @@ import asyncio
 from asyncio.selector_events import BaseSelectorEventLoop
 from dataclasses import dataclass
 
-__all__ = ["LoopQuirks", "quirks_of", "running_quirks"]
+__all__ = ["LoopQuirks", "quirks_of", "running_asyncio_loop", "running_quirks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +69,27 @@ def running_quirks() -> LoopQuirks:
     except RuntimeError:
         return LEVEL_TRIGGERED
     return quirks_of(loop)
+
+
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop running the current task, or None on any other
+    library (trio, including trio in guest mode on an asyncio host, where
+    an asyncio loop runs in the same thread but the task is trio's).
+
+    Decided as anyio decides it: by sniffio where it is installed (trio
+    needs it), else by whether an asyncio loop runs in this thread.
+    """
+    try:
+        import sniffio
+    except ModuleNotFoundError:
+        pass
+    else:
+        try:
+            if sniffio.current_async_library() != "asyncio":
+                return None
+        except sniffio.AsyncLibraryNotFoundError:
+            return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
