@@ -496,6 +496,66 @@ class TestFaults:
                 await connect_tcp("127.0.0.1", port)
 
 
+class TestWaiting:
+    """How a receive waits for the socket: data that arrives while no task
+    receives stays in the kernel until asked for, a cancelled wait loses
+    nothing, and request/answer exchanges see every byte."""
+
+    async def test_nothing_is_received_while_no_task_receives(self) -> None:
+        async with raw_pair() as (stream, peer):
+            peer.sendall(b"first")
+            assert bytes(await stream.receive_exactly_view(5)) == b"first"
+            before = stream.stats.receive_calls
+            late = payload(64 * KiB, seed=5)
+            peer.sendall(late)
+            await anyio.sleep(0.1)  # readable all along, and nobody receives
+            assert stream.stats.receive_calls == before
+            got = bytearray()
+            while len(got) < len(late):
+                with await stream.receive_view() as view:
+                    got += view
+            assert sha(bytes(got)) == sha(late)
+
+    async def test_cancelled_wait_then_receive(self) -> None:
+        async with raw_pair() as (stream, peer):
+            with anyio.move_on_after(0.05) as scope:
+                await stream.receive_exactly_view(4)
+            assert scope.cancelled_caught
+            data = payload(100 * KiB, seed=6)
+            peer.sendall(len(data).to_bytes(4, "big") + data)
+            size = int.from_bytes(await stream.receive_exactly_view(4), "big")
+            with await stream.receive_exactly_view(size) as view:
+                assert sha(bytes(view)) == sha(data)
+
+    async def test_one_request_in_flight(self) -> None:
+        rounds = 200
+        async with raw_pair() as (stream, peer):
+            def client() -> list[bytes]:
+                answers = []
+                for i in range(rounds):
+                    body = b"request %d" % i
+                    peer.sendall(len(body).to_bytes(4, "big") + body)
+                    got = b""
+                    while len(got) < 4:
+                        chunk = peer.recv(64)
+                        assert chunk
+                        got += chunk
+                    answers.append(got)
+                return answers
+
+            async def serve() -> None:
+                for _ in range(rounds):
+                    n = int.from_bytes(await stream.receive_exactly_view(4), "big")
+                    with await stream.receive_exactly_view(n) as view:
+                        await stream.send(zlib.crc32(view).to_bytes(4, "big"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve)
+                answers = await anyio.to_thread.run_sync(client)
+        assert answers == [zlib.crc32(b"request %d" % i).to_bytes(4, "big")
+                           for i in range(rounds)]
+
+
 class TestSendAndListener:
     """The write side, the listener and serve(), against anyio's own streams."""
 
