@@ -225,9 +225,15 @@ class ZCStreamReader(asyncio.StreamReader):
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; ``IncompleteReadError`` at an early EOF."""
-        await self._fill(n)
-        data = self._views.take_bytes(n)
-        self._maybe_resume_transport()
+        views = self._views
+        # As readexactly_view: bytes already queued are taken without
+        # creating and awaiting a _fill coroutine (the README's pattern
+        # reads each header this way).
+        if not (0 <= n <= len(views)) or self._exception is not None:
+            await self._fill(n)
+        data = views.take_bytes(n)
+        if self._paused:
+            self._maybe_resume_transport()
         return data
 
     async def readuntil(self, separator: ReadableBuffer = b"\n") -> bytes:

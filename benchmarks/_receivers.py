@@ -281,6 +281,25 @@ async def _aiozc_streams(sock: socket.socket, job: Job, meter: Meter) -> int:
     return crc
 
 
+async def _aiozc_streams_readme(sock: socket.socket, job: Job, meter: Meter) -> int:
+    """aiozc streams exactly as the README shows them: the header as bytes
+    (``readexactly``, asyncio's API), the body as a view."""
+    reader, writer = await aiozc.open_connection(sock=sock)
+    rpc = job.workload == "rpc"
+    meter.start()
+    crc = 0
+    for _ in range(job.count):
+        size = int.from_bytes(await reader.readexactly(HEADER), "big")
+        with await reader.readexactly_view(size) as frame:
+            crc = zlib.crc32(frame, crc)
+        if rpc:
+            writer.write((crc & 0xFFFFFFFF).to_bytes(4, "big"))
+    meter.stop()
+    meter.stats = reader.stats
+    writer.close()
+    return crc
+
+
 async def _anyio_buffered(sock: socket.socket, job: Job, meter: Meter) -> int:
     from anyio.abc import SocketStream
     from anyio.streams.buffered import BufferedByteReceiveStream
@@ -425,6 +444,8 @@ def all_receivers(trio: bool = True) -> list[ReceiverSpec]:
                                     _proto(ZCFrames, "aiozc", mode), mode=mode))
         out.append(ReceiverSpec("aiozc streams readexactly_view", rt, True, _aiozc_streams,
                                 mode="auto"))
+        out.append(ReceiverSpec("aiozc streams, README (bytes header)", rt, True,
+                                _aiozc_streams_readme, mode="auto"))
     for rt in anyio_rts:
         out.append(ReceiverSpec("aiozc anyio receive_exactly_view", rt, True, _aiozc_anyio,
                                 needs="trio" if rt == "anyio-trio" else "anyio", mode="auto"))
