@@ -263,41 +263,31 @@ async def _asyncio_streams(sock: socket.socket, job: Job, meter: Meter) -> int:
     return crc
 
 
-async def _aiozc_streams(sock: socket.socket, job: Job, meter: Meter) -> int:
-    reader, writer = await aiozc.open_connection(sock=sock)
-    rpc = job.workload == "rpc"
-    meter.start()
-    crc = 0
-    for _ in range(job.count):
-        with await reader.readexactly_view(HEADER) as header:
-            size = int.from_bytes(header, "big")
-        with await reader.readexactly_view(size) as view:
-            crc = zlib.crc32(view, crc)
-        if rpc:
-            writer.write((crc & 0xFFFFFFFF).to_bytes(4, "big"))
-    meter.stop()
-    meter.stats = reader.stats
-    writer.close()
-    return crc
+def _aiozc_streams_as(bytes_header: bool) -> ReadFn:
+    """aiozc streams: every read a view, or as the README shows them (the
+    header as bytes with ``readexactly``, asyncio's API; the body a view)."""
 
+    async def run(sock: socket.socket, job: Job, meter: Meter) -> int:
+        reader, writer = await aiozc.open_connection(sock=sock)
+        rpc = job.workload == "rpc"
+        meter.start()
+        crc = 0
+        for _ in range(job.count):
+            if bytes_header:
+                size = int.from_bytes(await reader.readexactly(HEADER), "big")
+            else:
+                with await reader.readexactly_view(HEADER) as header:
+                    size = int.from_bytes(header, "big")
+            with await reader.readexactly_view(size) as view:
+                crc = zlib.crc32(view, crc)
+            if rpc:
+                writer.write((crc & 0xFFFFFFFF).to_bytes(4, "big"))
+        meter.stop()
+        meter.stats = reader.stats
+        writer.close()
+        return crc
 
-async def _aiozc_streams_readme(sock: socket.socket, job: Job, meter: Meter) -> int:
-    """aiozc streams exactly as the README shows them: the header as bytes
-    (``readexactly``, asyncio's API), the body as a view."""
-    reader, writer = await aiozc.open_connection(sock=sock)
-    rpc = job.workload == "rpc"
-    meter.start()
-    crc = 0
-    for _ in range(job.count):
-        size = int.from_bytes(await reader.readexactly(HEADER), "big")
-        with await reader.readexactly_view(size) as frame:
-            crc = zlib.crc32(frame, crc)
-        if rpc:
-            writer.write((crc & 0xFFFFFFFF).to_bytes(4, "big"))
-    meter.stop()
-    meter.stats = reader.stats
-    writer.close()
-    return crc
+    return run
 
 
 async def _anyio_buffered(sock: socket.socket, job: Job, meter: Meter) -> int:
@@ -442,10 +432,10 @@ def all_receivers(trio: bool = True) -> list[ReceiverSpec]:
         for mode in ("auto", "always", "never"):
             out.append(ReceiverSpec(f"aiozc ZCProtocol {mode}", rt, True,
                                     _proto(ZCFrames, "aiozc", mode), mode=mode))
-        out.append(ReceiverSpec("aiozc streams readexactly_view", rt, True, _aiozc_streams,
-                                mode="auto"))
+        out.append(ReceiverSpec("aiozc streams readexactly_view", rt, True,
+                                _aiozc_streams_as(bytes_header=False), mode="auto"))
         out.append(ReceiverSpec("aiozc streams, README (bytes header)", rt, True,
-                                _aiozc_streams_readme, mode="auto"))
+                                _aiozc_streams_as(bytes_header=True), mode="auto"))
     for rt in anyio_rts:
         out.append(ReceiverSpec("aiozc anyio receive_exactly_view", rt, True, _aiozc_anyio,
                                 needs="trio" if rt == "anyio-trio" else "anyio", mode="auto"))
