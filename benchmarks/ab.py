@@ -137,7 +137,9 @@ def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
         for rnd, rx, w, n, s, rep, us, snd_us in rs:
             if not str(rx).startswith("aiozc"):
                 continue
-            ratios[((rx, w, n, s), tree)].append(us / best[(tree, rnd, rep, w, n, s)])
+            peer = best.get((tree, rnd, rep, w, n, s))
+            # (No peer in the run, --only without one: receiver CPU only.)
+            ratios[((rx, w, n, s), tree)].append(us / peer if peer else math.nan)
             sums[((rx, w, n, s), tree)].append(us + snd_us)
             raw[((rx, w, n, s), tree)].append(us)
     lines = [f"{'receiver':<50} {'cell':<22} {'old':>6} {'new':>6} {'change':>7}  "
