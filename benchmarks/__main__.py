@@ -4,7 +4,12 @@ Usage::
 
     python -m benchmarks [--quick] [--repeats N] [--scale X] [--no-trio]
                          [--no-send] [--no-connections] [--no-rpc]
+                         [--no-pin] [--load N]
                          [--output-dir DIR | --md PATH --png PATH --json PATH]
+
+``--no-pin`` leaves the receiver and the peer unpinned, as users' processes
+are; ``--load N`` runs N busy-loop processes beside the receiver matrix.
+The report says which it was.
 
 What runs
 ---------
@@ -56,6 +61,7 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -434,6 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="skip the many-connections benchmark (benchmarks/connections.py)")
     ap.add_argument("--no-rpc", dest="rpc", action="store_false",
                     help="skip the many-connection RPC benchmark (benchmarks/rpc.py)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="leave receiver and peer where the scheduler puts them, as "
+                         "users' processes are (default: one CPU each)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="run N busy-loop processes beside the receivers (a loaded "
+                         "machine, under control); default 0")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else REPEATS)
     scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
@@ -445,10 +457,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     machine = machine_info()  # before pinning: nproc honours the affinity mask
     allowed = os.sched_getaffinity(0)
-    rx_cpu, snd_cpu = pin_cpus()
+    rx_cpu, snd_cpu = pin_cpus() if args.pin else (None, None)
     pin(rx_cpu)
-    pinned = (f"Receiver pinned to CPU {rx_cpu}, peer to CPU {snd_cpu}."
-              if rx_cpu is not None else "Nothing pinned (fewer than 2 CPUs).")
+    if rx_cpu is not None:
+        pinned = f"Receiver pinned to CPU {rx_cpu}, peer to CPU {snd_cpu}."
+    elif args.pin:
+        pinned = "Nothing pinned (fewer than 2 CPUs)."
+    else:
+        pinned = ("Nothing pinned (`--no-pin`): receiver and peer run where the "
+                  "scheduler puts them, as users' processes do.")
+    pinned += (f" **Loaded**: {args.load} busy-loop processes ran beside them "
+               f"(`--load {args.load}`)." if args.load else
+               " No load added (`--load 0`): figures are only as quiet as the machine was.")
     receivers, skipped = [], []
     for spec in all_receivers(trio=args.trio):
         if args.only and not any(o in spec.name for o in args.only.split(",")):
@@ -466,10 +486,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(len(receivers) * len(jobs) * repeats, enabled=args.progress)
     t0 = time.monotonic()
     peer = Peer(snd_cpu)
+    # The load: busy loops, unpinned, for the receiver matrix only.
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.load)]
     try:
         runs = run_matrix(receivers, jobs, repeats, peer, progress,
                           log=lambda m: print(f"\n[benchmarks] {m}", file=sys.stderr))
     finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
         progress.close()
         peer.close()
     send_md = None
