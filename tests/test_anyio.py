@@ -585,6 +585,48 @@ class TestSendAndListener:
                 tg.cancel_scope.cancel()
         assert received == len(data) and digest == sha(data)
 
+    async def test_serve_takes_every_waiting_connection(self) -> None:
+        """More connections wait than serve() takes per wake-up (a burst):
+        every one is accepted and answered, none twice."""
+        count = 250
+        async with await create_tcp_listener(local_host="127.0.0.1", backlog=512) as listener:
+            port = listener.extra(SocketAttribute.local_port)
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+            for i, c in enumerate(clients):
+                c.sendall(b"%05d" % i)
+            served = 0
+
+            async def echo(stream: ZCSocketStream) -> None:
+                nonlocal served
+                async with stream:
+                    with await stream.receive_exactly_view(5) as view:
+                        await stream.send(bytes(view))
+                served += 1
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listener.serve, echo)
+
+                    def read_all() -> list[bytes]:
+                        out = []
+                        for c in clients:
+                            c.settimeout(30)
+                            got = b""
+                            while len(got) < 5:
+                                chunk = c.recv(5 - len(got))
+                                assert chunk
+                                got += chunk
+                            out.append(got)
+                        return out
+
+                    answers = await anyio.to_thread.run_sync(read_all)
+                    tg.cancel_scope.cancel()
+            finally:
+                for c in clients:
+                    c.close()
+        assert answers == [b"%05d" % i for i in range(count)]
+        assert served == count
+
     async def test_serve_frames_from_anyio_clients(self) -> None:
         """Plain anyio clients send length-prefixed frames; the handler replies."""
         server_stats: list[aiozc.ZCStats] = []
