@@ -159,6 +159,8 @@ class FrameReader:
             self._asked = nbytes
             if self._gather(buffer, nbytes):
                 self._gathering = nbytes
+        if self._starved_at < 0:
+            return Next.WAIT_READABLE  # (the common case, without a call)
         return self._waiting()
 
     def missing(self, nbytes: int) -> int:

@@ -590,7 +590,7 @@ class ZCTransport(_FlowControlMixin):
         join, where left in the kernel they can be received whole
         (:meth:`gather`).
         """
-        self._want = max(0, nbytes)
+        self._want = nbytes if nbytes > 0 else 0
 
     # A plain Protocol or BufferedProtocol: one recv() per event into its
     # own buffer or a new bytes, as asyncio's selector transport does.  The
