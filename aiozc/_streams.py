@@ -280,6 +280,8 @@ class ZCStreamReader(asyncio.StreamReader):
                     partial = self._views.take_bytes(len(self._views))
                     raise asyncio.IncompleteReadError(partial, n)
                 if zc is not None:
+                    # Receive now if the socket may hold more, reading no
+                    # further than this frame (ZCTransport.receive_now).
                     missing = n - len(self._views)
                     if zc.receive_now(missing):
                         continue
@@ -288,11 +290,15 @@ class ZCStreamReader(asyncio.StreamReader):
                     # then be joined instead of gathered.
                     zc.set_read_hint(missing)
                     hinted = True
+                # WAIT_READABLE, or WAIT_MEMORY: the transport resumes
+                # reading once the application releases a view.
                 await self._wait_for_data("readexactly")
         finally:
             if hinted:
                 assert zc is not None
                 zc.set_read_hint(0)
+            # Cancelled (or failed) before a gathered frame was complete:
+            # what arrived of it is queued again, in order.
             frames.done(n)
 
     async def _find_separator(self, separator: bytes) -> int:

@@ -217,7 +217,9 @@ class ZCTransport(_FlowControlMixin):
         self._want = 0
         # Writes made while a read event is handled leave together when it
         # ends (ZCConfig.batch_writes): _OFF, _OPEN (the next write goes at
-        # once and closes it), _HOLDING (writes wait in the queue): see _uncork.
+        # once and closes it), _HOLDING (writes wait in the queue), _SENT
+        # (batch_scope "iteration": one write went since the last read
+        # event); see _read_ready, write and _uncork.
         self._corked = _OFF
         self._batch_event = False  # batch_scope == "event" (set_protocol)
         self._batch_iteration = False  # batch_scope == "iteration" (set_protocol)
@@ -450,8 +452,8 @@ class ZCTransport(_FlowControlMixin):
     # 8 requests of 512 B in flight: 70,000 requests/s and a p50 of 112 us
     # against asyncio's 127,000 and 59 us).  No write waits past the end of
     # the event that made it; close(), write_eof() and flow control see the
-    # queue as they would see a socket that took nothing.  ZCConfig.batch_writes=False sends
-    # each write at once, as asyncio does.
+    # queue as they would see a socket that took nothing.
+    # ZCConfig.batch_writes=False sends each write at once, as asyncio does.
 
     def _read_ready(self) -> None:
         # One read event, in as few Python frames as it can be (with one

@@ -44,6 +44,7 @@ import errno
 import os
 import socket
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
 from ipaddress import IPv4Address, IPv6Address
@@ -96,6 +97,14 @@ _ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 #: Connections ZCSocketListener.serve() accepts per wake-up at most: asyncio's
 #: servers take up to their backlog (100 by default) per readiness event.
 _ACCEPT_BURST = 100
+
+
+def _readable_callback(ref: weakref.ref[ZCSocketStream]) -> None:
+    # The loop's reader callback for a stream (see ZCSocketStream._wait_readable):
+    # it holds the stream weakly, so that the loop keeps no stream alive.
+    stream = ref()
+    if stream is not None:
+        stream._on_readable()
 
 
 class ZCAttribute(TypedAttributeSet):
@@ -209,12 +218,14 @@ class ZCSocketStream(SocketStream):
         self._receiving = False  # a receive is waiting in _fill()
         self._send_guard = ResourceGuard("writing to")
         # On asyncio and uvloop: the loop, the wait in progress, the
-        # frame's missing bytes, and whether the socket's reader callback
-        # is registered (see _wait_readable).  None: anyio's wait_readable.
+        # frame's missing bytes, and the fd registered for the reader
+        # callback, -1 if none (kept: in __del__ the socket may already be
+        # closed, its fileno() -1, and the loop's entry must still go).
+        # See _wait_readable.  No loop: anyio's wait_readable.
         self._aio_loop = running_asyncio_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._want = 0
-        self._reader_on = False
+        self._reader_fd = -1
         self._closed = False
 
     @classmethod
@@ -448,18 +459,22 @@ class ZCSocketStream(SocketStream):
         # calls and some 40 Python calls per wait, which with one request
         # in flight per connection is one wait per request (measured, 100
         # connections x 512 B, one request in flight each: 38.7 us per
-        # request with it, 20.6 with this).  Here the socket stays registered across waits, and its
-        # callback receives at once, as the asyncio transport does: the
-        # socket is drained before the task runs, so a readiness the loop
-        # reports again before then does not wake the next wait for
-        # nothing.  A callback with no wait in progress unregisters the
-        # socket (the loop would report it every iteration).
+        # request with it, 20.6 with this).  Here the socket stays
+        # registered across waits, and its callback receives at once, as
+        # the asyncio transport does: the socket is drained before the task
+        # runs, so a readiness the loop reports again before then does not
+        # wake the next wait for nothing.  A callback with no wait in
+        # progress unregisters the socket (the loop would report it every
+        # iteration).  The loop holds the stream only weakly
+        # (_readable_callback): a stream dropped unclosed while registered
+        # is still collected, warned about and closed, as before.
         fut = loop.create_future()
         self._waiter = fut
         self._want = want
-        if not self._reader_on:
-            loop.add_reader(self._sock.fileno(), self._on_readable)
-            self._reader_on = True
+        if self._reader_fd < 0:
+            fd = self._sock.fileno()
+            loop.add_reader(fd, _readable_callback, weakref.ref(self))
+            self._reader_fd = fd
         try:
             await fut
         finally:
@@ -494,11 +509,25 @@ class ZCSocketStream(SocketStream):
         fut.set_result(None)
 
     def _stop_watching(self) -> None:
-        if self._reader_on:
-            self._reader_on = False
-            loop = self._aio_loop
-            if loop is not None and not loop.is_closed():
-                loop.remove_reader(self._sock.fileno())
+        fd = self._reader_fd
+        if fd < 0:
+            return
+        self._reader_fd = -1
+        loop = self._aio_loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.remove_reader(fd)
+        else:
+            # From __del__ in another thread (the garbage collector runs
+            # anywhere): the loop's selector is not thread-safe.  The fd is
+            # closed right after, so the loop's entry must go before a new
+            # socket can reuse the number: soon, in the loop's own thread.
+            loop.call_soon_threadsafe(loop.remove_reader, fd)
 
     def _gather(self, buffer: ViewBuffer, nbytes: int) -> bool:
         # FrameReader's gather: the engine receives the rest of a big frame

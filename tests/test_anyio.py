@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -515,6 +516,32 @@ class TestWaiting:
                 with await stream.receive_view() as view:
                     got += view
             assert sha(bytes(got)) == sha(late)
+
+    @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+    async def test_dropped_stream_is_collected_and_closed(self) -> None:
+        """A stream dropped unclosed after a receive (its socket may still be
+        registered with the loop) is collected: it warns, leaves the loop
+        nothing registered for its (closed) fd, and the peer sees the
+        connection closed."""
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            stream = await connect_tcp("127.0.0.1", lsock.getsockname()[1])
+            peer, _ = lsock.accept()
+        with peer:
+            async def ping_later() -> None:
+                await anyio.sleep(0.05)  # the receive below waits first
+                peer.sendall(b"ping")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ping_later)
+                assert bytes(await stream.receive_exactly_view(4)) == b"ping"
+            ref = weakref.ref(stream)
+            with pytest.warns(ResourceWarning, match="unclosed"):
+                del stream
+                gc.collect()
+            assert ref() is None
+            await anyio.sleep(0.05)  # a removal queued for the loop runs
+            peer.settimeout(10)
+            assert peer.recv(16) == b""  # closed: EOF at the peer
 
     async def test_cancelled_wait_then_receive(self) -> None:
         async with raw_pair() as (stream, peer):
