@@ -41,6 +41,7 @@ cdef class Receiver:
     # state
     cdef bint window_tried
     cdef bint zc_worked
+    cdef unsigned int unmapped_rounds  # rounds in a row that mapped nothing, hint left
     # counters
     cdef uint64_t bytes_received
     cdef uint64_t bytes_mapped
