@@ -14,11 +14,15 @@ from ._config import ZerocopyPolicy as ZerocopyPolicy
 from ._connect import connect_accepted_socket as connect_accepted_socket
 from ._connect import create_connection as create_connection
 from ._connect import create_server as create_server
+from ._loop import EventLoopPolicy as EventLoopPolicy
+from ._loop import ZCEventLoop as ZCEventLoop
+from ._loop import install as install
+from ._loop import loop_factory as loop_factory
 from ._loop import new_event_loop as new_event_loop
+from ._loop import run as run
 from ._memory import ZCMemoryStats as ZCMemoryStats
 from ._memory import memory_stats as memory_stats
 from ._memory import set_memory_limit as set_memory_limit
-from ._loop import run as run
 from ._protocol import ZCProtocol as ZCProtocol
 from ._server import Server as Server
 from ._stats import ZCStats as ZCStats
@@ -28,10 +32,12 @@ from ._streams import start_server as start_server
 from ._transport import ZCTransport as ZCTransport
 
 __all__ = [
+    "EventLoopPolicy",
     "ExhaustedPolicy",
     "Server",
     "ViewBuffer",
     "ZCConfig",
+    "ZCEventLoop",
     "ZCMemoryStats",
     "ZCProtocol",
     "ZCStats",
@@ -41,6 +47,8 @@ __all__ = [
     "connect_accepted_socket",
     "create_connection",
     "create_server",
+    "install",
+    "loop_factory",
     "memory_stats",
     "new_event_loop",
     "open_connection",

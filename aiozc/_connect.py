@@ -20,15 +20,20 @@ import socket
 from asyncio import staggered
 from collections.abc import Callable, Sequence
 from ssl import SSLContext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._config import ZCConfig
+from ._protocol import AnyProtocol, ZCProtocol
 from ._server import Server
 from ._wrap import refuse_tls, wrap_socket
+
+if TYPE_CHECKING:
+    from ._transport import ZCTransport
 
 __all__ = ["create_connection", "create_server", "connect_accepted_socket"]
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
+_ZP = TypeVar("_ZP", bound=ZCProtocol)
 _AddrInfo = tuple[int, int, int, str, Any]
 
 def _check_stream(sock: socket.socket) -> None:
@@ -150,6 +155,29 @@ def _connect_error(errors: list[OSError], all_errors: bool) -> Exception:
     return OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in errors)))
 
 
+# The overloads say what the type checker cannot infer: a ZCProtocol gets a
+# ZCTransport (so ``transport.stats`` type-checks), anything else the loop's.
+@overload
+async def create_connection(
+    protocol_factory: Callable[[], _ZP],
+    host: str | None = None,
+    port: int | str | None = None,
+    *,
+    config: ZCConfig | None = None,
+    ssl: SSLContext | bool | None = None,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    sock: socket.socket | None = None,
+    local_addr: tuple[str, int] | None = None,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+    happy_eyeballs_delay: float | None = None,
+    interleave: int | None = None,
+    all_errors: bool = False,
+) -> tuple[ZCTransport, _ZP]: ...
+@overload
 async def create_connection(
     protocol_factory: Callable[[], _P],
     host: str | None = None,
@@ -168,7 +196,26 @@ async def create_connection(
     happy_eyeballs_delay: float | None = None,
     interleave: int | None = None,
     all_errors: bool = False,
-) -> tuple[asyncio.Transport, _P]:
+) -> tuple[asyncio.Transport, _P]: ...
+async def create_connection(
+    protocol_factory: Callable[[], Any],
+    host: str | None = None,
+    port: int | str | None = None,
+    *,
+    config: ZCConfig | None = None,
+    ssl: SSLContext | bool | None = None,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    sock: socket.socket | None = None,
+    local_addr: tuple[str, int] | None = None,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+    happy_eyeballs_delay: float | None = None,
+    interleave: int | None = None,
+    all_errors: bool = False,
+) -> tuple[Any, Any]:
     """Open a TCP connection, like ``loop.create_connection``.
 
     A :class:`ZCProtocol` gets a zerocopy transport configured by ``config``;
@@ -237,6 +284,17 @@ async def _make_transport(
     return transport, protocol
 
 
+@overload
+async def connect_accepted_socket(
+    protocol_factory: Callable[[], _ZP],
+    sock: socket.socket,
+    *,
+    config: ZCConfig | None = None,
+    ssl: SSLContext | bool | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+) -> tuple[ZCTransport, _ZP]: ...
+@overload
 async def connect_accepted_socket(
     protocol_factory: Callable[[], _P],
     sock: socket.socket,
@@ -245,7 +303,16 @@ async def connect_accepted_socket(
     ssl: SSLContext | bool | None = None,
     ssl_handshake_timeout: float | None = None,
     ssl_shutdown_timeout: float | None = None,
-) -> tuple[asyncio.Transport, _P]:
+) -> tuple[asyncio.Transport, _P]: ...
+async def connect_accepted_socket(
+    protocol_factory: Callable[[], Any],
+    sock: socket.socket,
+    *,
+    config: ZCConfig | None = None,
+    ssl: SSLContext | bool | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+) -> tuple[Any, Any]:
     """Wrap a socket accepted outside asyncio, like ``loop.connect_accepted_socket``.
 
     A :class:`ZCProtocol` gets a zerocopy transport configured by ``config``
@@ -334,7 +401,7 @@ async def _bind_sockets(
 
 async def create_server_on(
     loop: asyncio.AbstractEventLoop,
-    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    protocol_factory: Callable[[], AnyProtocol],
     host: str | Sequence[str] | None,
     port: int | None,
     *,
@@ -379,7 +446,7 @@ async def create_server_on(
 
 
 async def create_server(
-    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    protocol_factory: Callable[[], AnyProtocol],
     host: str | Sequence[str] | None = None,
     port: int | None = None,
     *,

@@ -16,10 +16,10 @@ import socket
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable
 from ssl import SSLContext
-from typing import final
+from typing import cast, final
 
 from ._config import ZCConfig
-from ._protocol import ZCProtocol
+from ._protocol import AnyProtocol, ZCProtocol
 from ._wrap import set_nodelay, zerocopy_transport
 
 __all__ = ["Server"]
@@ -51,11 +51,19 @@ class _Clients(set[asyncio.Transport]):
             self.on_empty()
 
 
+# An asyncio.Server by class, so that isinstance() checks and annotations
+# written for asyncio's servers accept it, but not by construction:
+# asyncio.Server.__init__ (which only stores what its own accept loop uses)
+# is not called, and every public method is this class's own.  Nothing in
+# asyncio reaches into a server it did not create except through the
+# transports it attaches (_attach/_detach), and this server's connections
+# are never attached that way: it accepts them itself.
 @final
-class Server(asyncio.AbstractServer):
+class Server(asyncio.Server):
     """A listening TCP server that accepts connections itself.
 
-    It follows ``asyncio.Server`` (Python 3.12+ semantics): ``close()`` stops
+    An ``asyncio.Server`` (``isinstance`` holds) that follows
+    ``asyncio.Server``'s Python 3.12+ semantics: ``close()`` stops
     listening, ``wait_closed()`` returns once the server is closed *and*
     every connection it accepted is gone, ``close_clients()`` and
     ``abort_clients()`` end those connections.  Create it with
@@ -66,7 +74,7 @@ class Server(asyncio.AbstractServer):
         self,
         loop: asyncio.AbstractEventLoop,
         sockets: list[socket.socket],
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[], AnyProtocol],
         *,
         config: ZCConfig | None,
         backlog: int,
@@ -116,12 +124,15 @@ class Server(asyncio.AbstractServer):
         """Return True while the server accepts new connections."""
         return self._serving
 
+    # Typed as typeshed types asyncio.Server.sockets; the objects are
+    # asyncio's TransportSocket wrappers, as asyncio's own servers return.
     @property
-    def sockets(self) -> tuple[TransportSocket, ...]:
+    def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets (empty once the server is closed)."""
         if self._sockets is None:
             return ()
-        return tuple(TransportSocket(sock) for sock in self._sockets)
+        return cast("tuple[socket.socket, ...]",
+                    tuple(TransportSocket(sock) for sock in self._sockets))
 
     def close(self) -> None:
         """Stop listening and close the listening sockets.
@@ -257,7 +268,7 @@ class Server(asyncio.AbstractServer):
         task.add_done_callback(self._handoffs.discard)
 
     def _creation_failed(
-        self, conn: socket.socket, exc: BaseException, protocol: asyncio.BaseProtocol | None = None
+        self, conn: socket.socket, exc: BaseException, protocol: AnyProtocol | None = None
     ) -> None:
         conn.close()
         context: dict[str, object] = {

@@ -96,12 +96,19 @@ class ZCStreamReader(asyncio.StreamReader):
         return "<{}>".format(" ".join(info))
 
     @property
-    def stats(self) -> ZCStats | None:
-        """The connection's :class:`ZCStats`, with this reader's ``bytes_assembled``."""
+    def stats(self) -> ZCStats:
+        """The connection's :class:`ZCStats`, with this reader's ``bytes_assembled``.
+
+        Raises :exc:`RuntimeError` while the reader has no zerocopy
+        transport (a reader made by hand and not yet connected).
+        """
         transport = self._transport
         stats = getattr(transport, "stats", None)
         if not isinstance(stats, ZCStats):
-            return None
+            raise RuntimeError(
+                "this ZCStreamReader has no zerocopy transport: use one made by "
+                "aiozc.open_connection() or aiozc.start_server()"
+            )
         return dataclasses.replace(
             stats, bytes_assembled=self._views.bytes_assembled
         )
@@ -333,7 +340,11 @@ class ZCStreamReader(asyncio.StreamReader):
 
 
 @final
-class _ZCStreamReaderProtocol(ZCProtocol, asyncio.StreamReaderProtocol):
+# StreamReaderProtocol first: its connection_made, eof_received and
+# connection_lost (and FlowControlMixin's pause_writing) must come before
+# ZCProtocol's do-nothing defaults in the MRO.  Being a ZCProtocol is what
+# makes the transport deliver views (and read batch_scope).
+class _ZCStreamReaderProtocol(asyncio.StreamReaderProtocol, ZCProtocol):
     """asyncio's StreamReaderProtocol, taking views from a ZCTransport."""
 
     # The handler answers from its task, which the read event only wakes:

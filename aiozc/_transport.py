@@ -27,13 +27,13 @@ from asyncio.transports import _FlowControlMixin
 from asyncio.trsock import TransportSocket
 from collections import deque
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Any, Protocol, final
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, final, overload
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
 from ._memory import budget_for, keep_trimming
-from ._protocol import ZCProtocol
+from ._protocol import AnyProtocol, ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
 from ._zerocopy_send import ZeroCopySendTracker
@@ -84,7 +84,7 @@ class ConnectionSet(Protocol):
     def discard(self, transport: asyncio.Transport, /) -> None: ...
 
 
-def _kind_of(protocol: asyncio.BaseProtocol) -> int:
+def _kind_of(protocol: AnyProtocol) -> int:
     if isinstance(protocol, ZCProtocol):
         return _VIEWS
     if isinstance(protocol, asyncio.BufferedProtocol):
@@ -166,7 +166,7 @@ class ZCTransport(_FlowControlMixin):
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol: asyncio.BaseProtocol,
+        protocol: AnyProtocol,
         *,
         config: ZCConfig | None = None,
         extra: dict[str, Any] | None = None,
@@ -223,7 +223,7 @@ class ZCTransport(_FlowControlMixin):
         self._corked = _OFF
         self._batch_event = False  # batch_scope == "event" (set_protocol)
         self._batch_iteration = False  # batch_scope == "iteration" (set_protocol)
-        self._protocol: asyncio.BaseProtocol = protocol
+        self._protocol: AnyProtocol = protocol
         # What recv() brought a plain Protocol/BufferedProtocol (in stats).
         self._plain_bytes = 0
         self._plain_calls = 0
@@ -309,17 +309,21 @@ class ZCTransport(_FlowControlMixin):
             send_fallback_reason=zc.fallback_reason,
         )
 
+    @overload
+    def get_extra_info(self, name: Literal["aiozc_stats"], default: object = None) -> ZCStats: ...
+    @overload
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """As asyncio, plus ``'aiozc_stats'``: a fresh :class:`ZCStats`."""
         if name == "aiozc_stats":
             return self.stats
         return super().get_extra_info(name, default)
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
+    def get_protocol(self) -> AnyProtocol:  # type: ignore[override]
         """The protocol this transport feeds."""
         return self._protocol
 
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+    def set_protocol(self, protocol: AnyProtocol) -> None:
         """Switch protocols; the new one's type decides how it gets data.
 
         Safe at any time, also inside ``data_received`` and while reading
@@ -336,7 +340,7 @@ class ZCTransport(_FlowControlMixin):
         # with views still to come from it, or with views held back by a
         # pause: the engine's sink must suit the new protocol at once.
         if self._kind == _VIEWS:
-            self._rx.sink = protocol.data_received  # type: ignore[attr-defined]
+            self._rx.sink = protocol.data_received  # type: ignore[union-attr]
         else:
             self._rx.sink = self._deliver_copy
 
@@ -346,7 +350,7 @@ class ZCTransport(_FlowControlMixin):
         # (or held back by a pause) come this way; later reads use recv.
         with view:
             if self._kind == _BYTES:
-                self._protocol.data_received(bytes(view))  # type: ignore[attr-defined]
+                self._protocol.data_received(bytes(view))  # type: ignore[union-attr, arg-type]
                 return
             while view:
                 if self._kind != _BUFFERED:  # switched again in buffer_updated
@@ -547,7 +551,7 @@ class ZCTransport(_FlowControlMixin):
             # it waits for: it is told, and can copy it out.
             if self._kind == _VIEWS:
                 try:
-                    self._protocol.memory_exhausted()  # type: ignore[attr-defined]
+                    self._protocol.memory_exhausted()  # type: ignore[union-attr]
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
@@ -653,7 +657,7 @@ class ZCTransport(_FlowControlMixin):
         self._at_eof = True
         self._update_reader()
         try:
-            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+            keep_open = self._protocol.eof_received()  # type: ignore[union-attr]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -15,7 +15,7 @@ import socket
 from ssl import SSLContext
 
 from ._config import ZCConfig
-from ._protocol import ZCProtocol
+from ._protocol import AnyProtocol, ZCProtocol
 from ._transport import ConnectionSet, ZCTransport
 
 __all__ = ["TLS_REFUSED", "refuse_tls", "set_nodelay", "wrap_socket", "zerocopy_transport"]
@@ -67,7 +67,7 @@ def zerocopy_transport(
 async def wrap_socket(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
-    protocol: asyncio.BaseProtocol,
+    protocol: AnyProtocol,
     *,
     what: str,
     config: ZCConfig | None,

@@ -43,6 +43,7 @@ import dataclasses
 import errno
 import os
 import socket
+import ssl
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -69,6 +70,7 @@ from ._framereader import FrameReader, Next
 from ._memory import keep_trimming, running_budget
 from ._quirks import running_asyncio_loop, running_quirks
 from ._stats import ZCStats
+from ._wrap import refuse_tls
 
 __all__ = [
     "ZCAttribute",
@@ -771,17 +773,32 @@ async def connect_tcp(
     *,
     config: ZCConfig | None = None,
     local_host: IPAddressType | None = None,
+    tls: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_standard_compatible: bool = True,
+    tls_hostname: str | None = None,
+    happy_eyeballs_delay: float = 0.25,
 ) -> ZCSocketStream:
     """Connect to ``remote_host``:``remote_port`` and return a :class:`ZCSocketStream`.
 
-    The host's addresses (``anyio.getaddrinfo``) are tried in order, one
-    at a time, each with a non-blocking connect.  ``local_host`` binds the
-    local end (addresses of another family than the remote one are
-    skipped).  TCP_NODELAY is set, as anyio does.  If every attempt fails,
-    raises ``OSError`` whose ``__cause__`` is an ``ExceptionGroup`` of the
-    attempts' errors; with a single address, its error is raised as is
-    (``ConnectionRefusedError``, ...).
+    The keywords are ``anyio.connect_tcp``'s.  The host's addresses
+    (``anyio.getaddrinfo``) are tried as anyio tries them (RFC 8305, "happy
+    eyeballs"): IPv6 and IPv4 addresses interleaved, a new attempt started
+    every ``happy_eyeballs_delay`` seconds or as soon as the previous one
+    fails, the first connection made wins and the others are cancelled.
+    ``local_host`` binds the local end (addresses of another family than
+    the remote one are skipped).  TCP_NODELAY is set, as anyio does.  If
+    every attempt fails, raises ``OSError`` whose ``__cause__`` is an
+    ``ExceptionGroup`` of the attempts' errors; with a single address, its
+    error is raised as is (``ConnectionRefusedError``, ...).
+
+    TLS (``tls=True``, ``ssl_context``, ``tls_hostname``) is refused with
+    :exc:`ValueError`, as by :func:`aiozc.create_connection`: the kernel
+    would map ciphertext.  Use ``anyio.connect_tcp`` for TLS.
     """
+    refuse_tls("aiozc.anyio.connect_tcp", ssl_context if ssl_context is not None else tls,
+               tls_hostname=tls_hostname)
+    del tls_standard_compatible  # meaningful with TLS only
     addresses = await anyio.getaddrinfo(str(remote_host), remote_port, type=socket.SOCK_STREAM)
     local: list[tuple[socket.AddressFamily, tuple[str, int]]] = []
     if local_host is not None:
@@ -792,6 +809,7 @@ async def connect_tcp(
             )
         ]
     errors: list[OSError] = []
+    targets: list[tuple[socket.AddressFamily, int, Any, tuple[str, int] | None]] = []
     for family, _type, proto, _name, address in addresses:
         bind_to = None
         if local_host is not None:
@@ -803,6 +821,18 @@ async def connect_tcp(
                     f"to connect to {address!r}",
                 ))
                 continue
+        targets.append((family, proto, address, bind_to))
+    # Interleave the families, first family first (RFC 8305, 4), as
+    # anyio and asyncio do.
+    v6 = [t for t in targets if t[0] == socket.AF_INET6]
+    v4 = [t for t in targets if t[0] != socket.AF_INET6]
+    first, second = (v6, v4) if targets and targets[0][0] == socket.AF_INET6 else (v4, v6)
+    ordered = [t for pair in zip(first, second) for t in pair]
+    ordered += first[len(second):] + second[len(first):]
+
+    async def attempt(target: tuple[socket.AddressFamily, int, Any, tuple[str, int] | None],
+                      ) -> socket.socket | None:
+        family, proto, address, bind_to = target
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
         with _attempt(sock, errors):
             sock.setblocking(False)
@@ -816,8 +846,36 @@ async def connect_tcp(
                 if err:
                     raise OSError(err, f"connect to {address!r}: {os.strerror(err)}") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return ZCSocketStream(sock, config=config)
-    _raise_attempts(errors, f"connect to {remote_host!r}:{remote_port}")
+            return sock
+        return None
+
+    sock: socket.socket | None = None
+    if len(ordered) == 1:
+        sock = await attempt(ordered[0])
+    elif ordered:
+        winner: list[socket.socket] = []
+
+        async def race(target: tuple[socket.AddressFamily, int, Any, tuple[str, int] | None],
+                       failed: anyio.Event, scope: anyio.CancelScope) -> None:
+            made = await attempt(target)
+            if made is None:
+                failed.set()
+            elif winner:
+                made.close()  # lost the race by a hair
+            else:
+                winner.append(made)
+                scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for target in ordered:
+                failed = anyio.Event()
+                tg.start_soon(race, target, failed, tg.cancel_scope)
+                with anyio.move_on_after(happy_eyeballs_delay):
+                    await failed.wait()
+        sock = winner[0] if winner else None
+    if sock is None:
+        _raise_attempts(errors, f"connect to {remote_host!r}:{remote_port}")
+    return ZCSocketStream(sock, config=config)
 
 
 async def create_tcp_listener(

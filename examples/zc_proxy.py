@@ -86,8 +86,7 @@ class _Leg(aiozc.ZCProtocol):
         self.eof = False
         self.done: asyncio.Future[aiozc.ZCStats] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, aiozc.ZCTransport)
+    def connection_made(self, transport: aiozc.ZCTransport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         # Nothing to forward to until both legs are connected and linked:
@@ -96,7 +95,7 @@ class _Leg(aiozc.ZCProtocol):
         if self._on_connected is not None:
             self._on_connected(self)
 
-    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: memoryview) -> None:
         other = self.other
         if other is not None and other.transport is not None and not other.transport.is_closing():
             # MSG_ZEROCOPY: the transport keeps its own view of these
@@ -240,7 +239,12 @@ async def demo(mib: int, config: aiozc.ZCConfig | None = None) -> Report:
     threads = [threading.Thread(target=drain), threading.Thread(target=send)]
     for th in threads:
         th.start()
-    await asyncio.get_running_loop().run_in_executor(None, lambda: [th.join() for th in threads])
+
+    def join_all() -> None:
+        for th in threads:
+            th.join()
+
+    await asyncio.get_running_loop().run_in_executor(None, join_all)
     await proxy.wait_idle()
     server.close()
     await server.wait_closed()

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -611,6 +612,39 @@ class TestSendAndListener:
                     digest, received, _ = await drain(client)
                 tg.cancel_scope.cancel()
         assert received == len(data) and digest == sha(data)
+
+    async def test_connect_races_the_addresses(self) -> None:
+        """Happy eyeballs: a name with an address that refuses (here ::1,
+        where nothing listens, or an unreachable family) and one that
+        accepts connects through the one that accepts, whatever the order
+        the resolver gives, and loses no byte."""
+        infos = await anyio.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)
+        if len({info[0] for info in infos}) < 2:
+            pytest.skip("localhost resolves to one address family only here")
+        async with await create_tcp_listener(local_host="127.0.0.1") as listener:
+            port = listener.extra(SocketAttribute.local_port)
+
+            async def echo(stream: ZCSocketStream) -> None:
+                async with stream:
+                    with await stream.receive_exactly_view(5) as view:
+                        await stream.send(bytes(view))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, echo)
+                for delay in (0.25, 0.0):
+                    async with await connect_tcp("localhost", port,
+                                                 happy_eyeballs_delay=delay) as client:
+                        assert client.extra(SocketAttribute.remote_address)[0] == "127.0.0.1"
+                        await client.send(b"hello")
+                        with await client.receive_exactly_view(5) as reply:
+                            assert bytes(reply) == b"hello"
+                tg.cancel_scope.cancel()
+
+    async def test_connect_refuses_tls(self) -> None:
+        for kwargs in ({"tls": True}, {"ssl_context": ssl.create_default_context()},
+                       {"tls_hostname": "example.org"}):
+            with pytest.raises(ValueError, match="TLS"):
+                await connect_tcp("127.0.0.1", 1, **kwargs)
 
     async def test_serve_takes_every_waiting_connection(self) -> None:
         """More connections wait than serve() takes per wake-up (a burst):

@@ -58,7 +58,7 @@ def test_new_event_loop(use_uvloop: bool) -> None:
     try:
         base = uvloop.Loop if use_uvloop else asyncio.SelectorEventLoop
         assert isinstance(loop, base)
-        assert isinstance(loop, _loop._ZCLoopMixin)
+        assert isinstance(loop, _loop.ZCEventLoop)
         assert repr(loop).startswith("<aiozc ")
         assert ("uvloop" in repr(loop)) == use_uvloop
         assert "closed=False" in repr(loop)
@@ -73,7 +73,7 @@ def test_run(use_uvloop: bool) -> None:
         return loop, loop.get_debug()
 
     loop, debug = run(main(), use_uvloop=use_uvloop, debug=True)
-    assert isinstance(loop, _loop._ZCLoopMixin)
+    assert isinstance(loop, _loop.ZCEventLoop)
     assert isinstance(loop, uvloop.Loop) == use_uvloop
     assert debug is True
     assert loop.is_closed()
@@ -87,6 +87,101 @@ def test_run_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
             new_event_loop(use_uvloop=True)
     finally:
         _loop._uvloop_class.cache_clear()
+
+
+def test_run_without_uvloop_closes_the_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ImportError, and no "coroutine was never awaited" after it."""
+    _loop._uvloop_class.cache_clear()
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    started = False
+
+    async def main() -> None:
+        nonlocal started
+        started = True
+
+    coro = main()
+    try:
+        with pytest.raises(ImportError, match="uvloop"):
+            run(coro, use_uvloop=True)
+    finally:
+        _loop._uvloop_class.cache_clear()
+    assert coro.cr_frame is None and not started  # closed, never started
+
+
+class _MyLoop(asyncio.SelectorEventLoop):
+    """A user's own loop class, to be made zerocopy-aware."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        _MyLoop.made += 1
+
+
+@pytest.mark.parametrize("how", ["runner", "aiozc.run", "base class"])
+def test_loop_factory(use_uvloop: bool, how: str) -> None:
+    """aiozc.loop_factory() for asyncio.Runner and aiozc.run(loop_factory=),
+    and wrapping a loop class of the user's: ZCProtocols get ZCTransports."""
+
+    async def main() -> tuple[asyncio.AbstractEventLoop, Any]:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            transport, _ = await loop.create_connection(
+                ZCProtocol, "127.0.0.1", listener.getsockname()[1])
+            listener.accept()[0].close()
+        transport.close()
+        return loop, transport
+
+    if how == "base class":
+        if use_uvloop:
+            factory = _loop.loop_factory(uvloop.Loop)
+        else:
+            factory = _loop.loop_factory(_MyLoop)
+        assert _loop.loop_factory(_MyLoop if not use_uvloop else uvloop.Loop) is factory
+    else:
+        factory = _loop.loop_factory(use_uvloop=use_uvloop)
+    if how == "aiozc.run":
+        loop, transport = run(main(), loop_factory=factory)
+    else:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            loop, transport = runner.run(main())
+    assert isinstance(loop, _loop.ZCEventLoop)
+    assert isinstance(loop, uvloop.Loop) == use_uvloop
+    assert type(transport).__name__ == "ZCTransport"
+    if how == "base class" and not use_uvloop:
+        assert isinstance(loop, _MyLoop) and _MyLoop.made >= 1
+    with pytest.raises(TypeError):
+        _loop.loop_factory(int)  # type: ignore[arg-type]
+
+
+def test_install(use_uvloop: bool) -> None:
+    """install(): asyncio.run and asyncio.new_event_loop give aiozc loops."""
+    old = asyncio.get_event_loop_policy()
+    _loop.install(use_uvloop=use_uvloop)
+    try:
+        async def main() -> asyncio.AbstractEventLoop:
+            return asyncio.get_running_loop()
+
+        loop = asyncio.run(main())
+        assert isinstance(loop, _loop.ZCEventLoop)
+        assert isinstance(loop, uvloop.Loop) == use_uvloop
+        other = asyncio.new_event_loop()
+        try:
+            assert isinstance(other, _loop.ZCEventLoop)
+        finally:
+            other.close()
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_server_is_an_asyncio_server(loop_run: Run) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(ZCEcho, "127.0.0.1", 0)
+        async with server:
+            assert isinstance(server, asyncio.Server) and isinstance(server, Server)
+
+    loop_run(main())
 
 
 def test_streams_use_aiozc_server(loop_run: Run) -> None:
@@ -113,7 +208,7 @@ def test_streams_use_aiozc_server(loop_run: Run) -> None:
 def test_keep_alive_on_any_python(loop_run: Run) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        assert isinstance(loop, _loop._ZCLoopMixin)
+        assert isinstance(loop, _loop.ZCEventLoop)
         async with await loop.create_server(Echo, "127.0.0.1", 0, keep_alive=True) as server:
             sock = server.sockets[0]
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1

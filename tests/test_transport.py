@@ -19,6 +19,7 @@ import socket
 import struct
 import termios
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -639,6 +640,34 @@ class TestResetRace:
                 await once()
 
         run(main())
+
+
+class TestDropped:
+    """A transport dropped unclosed warns and closes its socket, as asyncio's do."""
+
+    def test_dropped_transport_warns_and_closes(self, run: Run) -> None:
+        async def main() -> tuple[list[str], int]:
+            with socket.create_server(("127.0.0.1", 0)) as listener:
+                transport, _ = await aiozc.create_connection(
+                    ZCProtocol, "127.0.0.1", listener.getsockname()[1])
+                peer, _ = listener.accept()
+            with peer:
+                # Paused, the loop holds no callback of it (as with asyncio,
+                # a transport the loop reads for stays alive).
+                transport.pause_reading()
+                fd = transport.get_extra_info("socket").fileno()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    del transport
+                    gc.collect()
+                peer.settimeout(5)
+                eof = peer.recv(1)  # the socket was closed: EOF at the peer
+            return [str(w.message) for w in caught if w.category is ResourceWarning], \
+                len(eof) if fd >= 0 else -1
+
+        messages, eof = run(main())
+        assert any(m.startswith("unclosed transport <ZCTransport") for m in messages), messages
+        assert eof == 0
 
 
 class TestAlwaysWithAPeerThatNeverMaps:

@@ -14,19 +14,64 @@ receiver in fresh whole pages that ``TCP_ZEROCOPY_RECEIVE`` can map; data
 sent with plain ``send()`` does not (docs/kernel.md, "Which pages map").
 ``ZeroCopySender(sock, zerocopy=False)`` is the second kind of peer, so a
 test switches between them with one flag.
+
+To run a test suite on aiozc's event loops: :func:`loop_factories` (what
+the pytest plugin :mod:`aiozc.testing.pytest_plugin` hands pytest-asyncio)
+and :func:`anyio_backends` (for anyio's pytest plugin).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import importlib.util
 import select
 import socket
 from collections import deque
-from typing import final
+from collections.abc import Callable
+from typing import Any, final
 
 from .._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY, drain_completions
+from .._loop import loop_factory
 
-__all__ = ["ZeroCopySender"]
+__all__ = ["ZeroCopySender", "anyio_backends", "loop_factories"]
+
+
+def loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Factories of aiozc's event loops, by name, for a test runner.
+
+    ``"asyncio"``: the stdlib selector loop; ``"uvloop"``: uvloop, if it is
+    installed; both zerocopy-aware (:func:`aiozc.loop_factory`).  The shape
+    of pytest-asyncio's ``pytest_asyncio_loop_factories`` hook (see
+    :mod:`aiozc.testing.pytest_plugin`).
+    """
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": loop_factory(),
+    }
+    if importlib.util.find_spec("uvloop") is not None:
+        factories["uvloop"] = loop_factory(use_uvloop=True)
+    return factories
+
+
+def anyio_backends(*, trio: bool | None = None) -> list[Any]:
+    """Values for anyio's ``anyio_backend`` fixture: every backend aiozc runs on.
+
+    asyncio on each loop of :func:`loop_factories` (``("asyncio",
+    {"loop_factory": ...})``), and ``"trio"`` when trio is installed (or
+    as ``trio`` says).  Use them as the fixture's params::
+
+        @pytest.fixture(params=aiozc.testing.anyio_backends())
+        def anyio_backend(request):
+            return request.param
+    """
+    backends: list[Any] = [
+        ("asyncio", {"loop_factory": factory}) for factory in loop_factories().values()
+    ]
+    if trio is None:
+        trio = importlib.util.find_spec("trio") is not None
+    if trio:
+        backends.append("trio")
+    return backends
 
 
 @final
