@@ -1,15 +1,23 @@
-"""A demonstration of aiozc: receive a large transfer, show what it cost.
+"""A demonstration of aiozc: receive large transfers, show what they cost.
 
 Run it with ``python -m aiozc.demo`` (or the ``aiozc-demo`` console script).
-For each event loop (the stdlib selector loop, and uvloop when installed) and
-each ``zerocopy`` policy (``'always'``, ``'auto'``) it starts an aiozc server
-on 127.0.0.1 whose :class:`~aiozc.ZCProtocol` runs ``zlib.crc32`` over every
-byte it receives, and a separate sender process that connects and sends
-``--size`` MiB with :class:`~aiozc.testing.ZeroCopySender` (``MSG_ZEROCOPY``,
-the kind of peer whose pages the kernel can map over loopback).  It then
-prints the throughput, the share of bytes that arrived in mapped pages, the
-receiver's CPU time per MB (the sender, being another process, is excluded)
-and checks the CRC32 of what arrived against the sender's.
+It makes one run per event loop (the stdlib selector loop, and uvloop when
+installed) and ``zerocopy`` policy (``'always'``, ``'auto'``): four runs by
+default.  Each run starts an aiozc server on 127.0.0.1 whose
+:class:`~aiozc.ZCProtocol` runs ``zlib.crc32`` over every byte it receives,
+and a separate sender process that connects and sends ``--size`` MiB (1 GiB
+by default, so 4 GiB in all) with :class:`~aiozc.testing.ZeroCopySender`
+(``MSG_ZEROCOPY``, the kind of peer whose pages the kernel can map over
+loopback).  After each run it prints the bytes received, the throughput,
+the share of bytes that arrived in mapped pages, the receiver's CPU time per
+MB (the sender, being another process, is excluded) and whether the CRC32 of
+what arrived matches the sender's; then a summary of every run.
+
+While a run receives, a progress bar is drawn with the ``rich`` library
+(in the ``demo`` extra: ``pip install 'aiozc[demo]'``) when it is installed
+and standard output is a terminal.  Otherwise (a file or a pipe, no rich,
+or ``--no-progress``) nothing is drawn: each run prints its lines when it
+ends, with no carriage returns.
 
 The exit status is 0 when every run completed and every checksum matched.
 """
@@ -48,8 +56,7 @@ _POLICIES: tuple[ZerocopyPolicy, ...] = ("always", "auto")
 _CHUNK = 1 * MiB
 _BUFFERS = 8
 
-_PROGRESS_INTERVAL = 0.1  # seconds between progress-bar updates
-_BAR_WIDTH = 30
+_PROGRESS_INTERVAL = 0.1  # seconds between progress-bar redraws
 # How long the receiver waits for the sender to connect, and for the whole
 # transfer, before giving up.
 _CONNECT_TIMEOUT = 30.0
@@ -148,8 +155,9 @@ class _Checksummer(ZCProtocol):
         if not self.connected.done():
             self.connected.set_result(None)
 
-    # (ignore: asyncio.Protocol declares bytes; a ZCProtocol gets memoryviews)
-    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+    # (ignore, where ZCProtocol is typed as an asyncio.Protocol, which declares
+    # bytes: a ZCProtocol gets memoryviews)
+    def data_received(self, data: memoryview) -> None:
         """Fold the view into the running CRC32 and release it."""
         self.crc = zlib.crc32(data, self.crc)
         self.received += len(data)
@@ -183,24 +191,44 @@ class _Checksummer(ZCProtocol):
 
 
 class _Progress:
-    """A plain-text progress bar on stderr, redrawn from a loop timer.
+    """A rich progress bar for one run, redrawn from a loop timer.
 
-    It reads the protocol's byte counter ~10 times a second, so it costs the
-    receive path nothing per view.
+    It reads the protocol's byte counter ~10 times a second and redraws
+    from the event loop (no refresh thread), so it costs the receive path
+    nothing per view; the redraws are part of the receiver CPU measured.
+    Made only when rich is installed and stdout is a terminal
+    (:func:`_rich_console`); the bar is erased when the run ends, and the
+    run's lines are printed in its place.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, proto: _Checksummer, total: int,
-                 label: str, out: TextIO) -> None:
+    def __init__(self, console: Any, label: str, total: int) -> None:
+        from rich.progress import (  # type: ignore[import-not-found, unused-ignore]
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(bar_width=20), TaskProgressColumn(),
+            DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeElapsedColumn(),
+            console=console, auto_refresh=False, transient=True)
+        self._label = label
+        self._total = total
+        self._task: Any = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._proto: _Checksummer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, proto: _Checksummer) -> None:
+        """Draw now, then every ``_PROGRESS_INTERVAL`` seconds until stop()."""
         self._loop = loop
         self._proto = proto
-        self._total = total
-        self._label = label
-        self._out = out
-        self._handle: asyncio.TimerHandle | None = None
-        self._width = 0
-
-    def start(self) -> None:
-        """Draw now, then every ``_PROGRESS_INTERVAL`` seconds until stop()."""
+        self._progress.start()
+        self._task = self._progress.add_task(self._label, total=self._total)
         self._tick()
 
     def stop(self) -> None:
@@ -208,24 +236,33 @@ class _Progress:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._width:
-            self._out.write("\r" + " " * self._width + "\r")
-            self._out.flush()
-            self._width = 0
+        self._progress.stop()
 
     def _tick(self) -> None:
-        done = self._proto.received
-        frac = min(done / self._total, 1.0) if self._total else 1.0
-        filled = int(frac * _BAR_WIDTH)
-        elapsed = time.perf_counter() - self._proto.t_start if self._proto.t_start else 0.0
-        rate = done / elapsed / _MB if elapsed > 0 else 0.0
-        line = (f"  {self._label:<18} [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
-                f"{frac:4.0%} {done // MiB:>5}/{self._total // MiB} MiB {rate:7.0f} MB/s")
-        pad = max(self._width - len(line), 0)
-        self._out.write("\r" + line + " " * pad)
-        self._out.flush()
-        self._width = len(line)
+        assert self._proto is not None and self._loop is not None
+        self._progress.update(self._task, completed=self._proto.received)
+        self._progress.refresh()
         self._handle = self._loop.call_later(_PROGRESS_INTERVAL, self._tick)
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # no isatty(), or a closed stream
+        return False
+
+
+def _rich_console(out: TextIO) -> Any:
+    """A rich Console on ``out`` if rich is installed and ``out`` is a
+    terminal, else None (plain lines)."""
+    if not _isatty(out):
+        return None
+    try:
+        from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    console = Console(file=out)
+    return console if console.is_terminal and not console.is_dumb_terminal else None
 
 
 @dataclass(frozen=True)
@@ -259,7 +296,7 @@ class RunResult:
 
 
 async def _receive(loop_name: str, policy: ZerocopyPolicy, size: int,
-                   progress: bool) -> RunResult:
+                   bar: _Progress | None) -> RunResult:
     loop = asyncio.get_running_loop()
     holder: list[_Checksummer] = []
 
@@ -276,7 +313,6 @@ async def _receive(loop_name: str, policy: ZerocopyPolicy, size: int,
                        name=f"aiozc-demo-sender-{loop_name}-{policy}", daemon=True)
     proc.start()
     child_end.close()
-    bar: _Progress | None = None
     try:
         # Wait for the connection, watching for a sender that died first.
         deadline = loop.time() + _CONNECT_TIMEOUT
@@ -288,9 +324,8 @@ async def _receive(loop_name: str, policy: ZerocopyPolicy, size: int,
             await asyncio.sleep(0.05)
         server.close()  # one connection is all this run needs
         proto = holder[0]
-        if progress:
-            bar = _Progress(loop, proto, size, f"{loop_name}/{policy}", sys.stderr)
-            bar.start()
+        if bar is not None:
+            bar.start(loop, proto)
         try:
             await asyncio.wait_for(asyncio.shield(proto.done), _TRANSFER_TIMEOUT)
         except TimeoutError:
@@ -344,39 +379,61 @@ def _sender_failure(conn: multiprocessing.connection.Connection, exitcode: int) 
 # -- the report -----------------------------------------------------------------
 
 
-def _print_run(r: RunResult, out: TextIO) -> None:
+def _size_label(n: int) -> str:
+    """``n`` bytes exactly, with the binary unit when it is a whole number of
+    GiB or MiB: '1 GiB (1,073,741,824 bytes)', '1,000 bytes'."""
+    for unit, name in ((1024 * MiB, "GiB"), (MiB, "MiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit:,} {name} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+_LOOP_LABEL = {"asyncio": "asyncio loop", "uvloop": "uvloop"}
+
+
+def _run_label(loop_name: str, policy: str) -> str:
+    return f"{_LOOP_LABEL.get(loop_name, loop_name)}, zerocopy={policy!r}"
+
+
+def _print_run(r: RunResult, index: str, out: TextIO) -> None:
     s = r.stats
+    snd = r.sender
+    expected = snd["expected_size"]
+    got = (f"{r.size:,} bytes received" if r.size == expected
+           else f"{r.size:,} of {expected:,} bytes received")
+    print(f"{index} {_run_label(r.loop, r.policy)}: {got} in {r.seconds:.2f} s, crc32 "
+          + ("verified" if r.crc_ok else "MISMATCH"), file=out)
     mode = s.mode if s is not None else "?"
-    mapped = f"{s.mapped_fraction:.1%}" if s is not None else "?"
-    calls = f"{s.receive_calls}" if s is not None else "?"
-    print(f"{r.loop} / zerocopy={r.policy!r}", file=out)
     print(f"  final mode       : {mode}"
           + (f" (switched {s.mode_switches}x)" if s is not None and s.mode_switches else ""),
           file=out)
-    print(f"  throughput       : {r.mb_per_s:,.0f} MB/s = {r.gbit_per_s:.2f} Gbit/s "
-          f"({r.size / MiB:,.0f} MiB in {r.seconds:.2f} s)", file=out)
-    print(f"  bytes mapped     : {mapped}", file=out)
+    print(f"  throughput       : {r.mb_per_s:,.0f} MB/s = {r.gbit_per_s:.2f} Gbit/s",
+          file=out)
+    if s is not None:
+        print(f"  bytes mapped     : {s.mapped_fraction:.1%} ({s.bytes_mapped:,} mapped, "
+              f"{s.bytes_copied:,} copied)", file=out)
     print(f"  receiver CPU     : {r.cpu_us_per_mb:.0f} us/MB "
           f"({r.cpu_seconds:.2f} s user+sys, {r.cpu_seconds / r.seconds:.0%} of one core)"
           if r.seconds > 0 else "  receiver CPU     : ?", file=out)
-    print(f"  receive calls    : {calls}"
-          + (f" ({r.size / s.receive_calls / 1024:.0f} KiB per call)"
-             if s is not None and s.receive_calls else ""), file=out)
+    if s is not None:
+        print(f"  receive calls    : {s.receive_calls:,}"
+              + (f" ({r.size / s.receive_calls / 1024:.0f} KiB per call on average)"
+                 if s.receive_calls else ""), file=out)
     if s is not None and s.fallback_reason:
         print(f"  fallback reason  : {s.fallback_reason}", file=out)
-    snd = r.sender
     if snd.get("note"):
         print(f"  sender           : {snd['note']}", file=out)
     elif snd.get("completions"):
-        print(f"  sender           : MSG_ZEROCOPY, {snd['completions']} completions "
-              f"({snd['copied_completions']} flagged 'copied': loopback copies at delivery, "
+        print(f"  sender           : MSG_ZEROCOPY, {snd['completions']:,} completions "
+              f"({snd['copied_completions']:,} flagged 'copied': loopback copies at delivery, "
               "into pages the receiver can map)", file=out)
     if r.crc_ok:
-        print(f"  verified         : crc32 matches ({snd['crc32']:#010x})", file=out)
+        print(f"  verified         : crc32 matches ({snd['crc32']:#010x}) over all "
+              f"{r.size:,} bytes", file=out)
     else:
         print(f"  VERIFICATION FAILED: sender crc32 {snd['crc32']:#010x} over "
-              f"{snd['bytes_sent']} bytes, receiver crc32 {snd['receiver_crc32']:#010x} over "
-              f"{r.size} bytes (expected {snd['expected_size']})", file=out)
+              f"{snd['bytes_sent']:,} bytes, receiver crc32 {snd['receiver_crc32']:#010x} "
+              f"over {r.size:,} bytes (expected {expected:,})", file=out)
     out.flush()
 
 
@@ -391,7 +448,7 @@ def _print_summary(results: list[RunResult], failures: list[tuple[str, str, str]
         s = r.stats
         print(f"{r.loop:<8} {r.policy:<7} {s.mode if s else '?':<9} {r.mb_per_s:>7,.0f} "
               f"{r.gbit_per_s:>7.2f} {f'{s.mapped_fraction:.1%}' if s else '?':>7} "
-              f"{r.cpu_us_per_mb:>6.0f} {s.receive_calls if s else '?':>7}  "
+              f"{r.cpu_us_per_mb:>6.0f} {f'{s.receive_calls:,}' if s else '?':>7}  "
               f"{'ok' if r.crc_ok else 'BAD':<5} {(s.fallback_reason or '-') if s else '?'}",
               file=out)
     for loop_name, policy, why in failures:
@@ -400,7 +457,8 @@ def _print_summary(results: list[RunResult], failures: list[tuple[str, str, str]
     print("What the numbers mean:", file=out)
     print("  'mapped' is the share of bytes the kernel mapped into the process "
           "(TCP_ZEROCOPY_RECEIVE) instead of copying;\n"
-          "  'us/MB' is the receiver's own CPU (user+sys, sender excluded) per MB, "
+          "  'us/MB' is the receiver's own CPU (user+sys, sender excluded) per MB "
+          "(10^6 bytes), "
           f"including ~{crc_us_per_mb:.0f} us/MB for the demo's crc32 over every byte.", file=out)
     print("  Mapping only pays where it is cheaper than copying: on the project's VMs it is "
           "not (~332 vs ~215 us/MB,\n"
@@ -448,9 +506,10 @@ def _positive_int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiozc-demo",
-        description=("Receive a MSG_ZEROCOPY transfer over loopback with aiozc, on each "
-                     "event loop and zerocopy policy, and report throughput, mapped bytes "
-                     "and receiver CPU cost."))
+        description=("Receive a MSG_ZEROCOPY transfer over loopback with aiozc, once per "
+                     "event loop and zerocopy policy (4 runs of 1 GiB by default), check "
+                     "the crc32 of every byte, and report throughput, mapped bytes and "
+                     "receiver CPU cost."))
     parser.add_argument("--size", type=_positive_int, default=1024, metavar="MiB",
                         help="MiB to send per run (default: 1024)")
     parser.add_argument("--loops", type=_csv(_LOOP_NAMES), default=list(_LOOP_NAMES),
@@ -458,7 +517,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", type=_csv(_POLICIES), default=list(_POLICIES),
                         metavar="LIST", help="zerocopy policies to run (default: always,auto)")
     parser.add_argument("--no-progress", action="store_true",
-                        help="do not draw a progress bar on stderr")
+                        help="do not draw a progress bar (drawn only with rich "
+                             "installed and stdout a terminal)")
     return parser
 
 
@@ -482,40 +542,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("aiozc-demo: TCP receive zerocopy is Linux-only", file=sys.stderr)
         return 2
     size: int = args.size * MiB
-    loops: list[str] = args.loops
     policies: list[Literal["always", "auto"]] = args.modes
-    print(f"aiozc demo: {args.size} MiB per run over 127.0.0.1, MSG_ZEROCOPY sender in a "
-          f"separate process, {os.cpu_count()} CPUs, Linux {os.uname().release}", file=out)
+    skipped: list[str] = []
+    loops: list[str] = []
+    for loop_name in args.loops:
+        missing = _have_uvloop() if loop_name == "uvloop" else None
+        if missing is None:
+            loops.append(loop_name)
+        else:
+            skipped.append(f"uvloop is not importable ({missing}): its runs are skipped; "
+                           "pip install 'aiozc[demo]'")
+    plan = [(loop_name, policy) for loop_name in loops for policy in policies]
+    console = None if args.no_progress else _rich_console(out)
+    if console is not None:
+        progress = "a bar (rich) while each run receives, then the run's figures"
+    elif args.no_progress:
+        progress = "no bar (--no-progress): each run's figures when it ends"
+    elif _isatty(out):
+        progress = ("no bar (rich is not installed: pip install 'aiozc[demo]'): "
+                    "each run's figures when it ends")
+    else:
+        progress = "no bar (stdout is not a terminal): each run's figures when it ends"
+    _print_plan(plan, size, skipped, progress, out)
+    if not plan:
+        print("\nFAILED: nothing to run", file=sys.stderr)
+        return 1
     results: list[RunResult] = []
     failures: list[tuple[str, str, str]] = []
-    for loop_name in loops:
-        use_uvloop = loop_name == "uvloop"
-        if use_uvloop:
-            missing = _have_uvloop()
-            if missing is not None:
-                print(f"\nuvloop: SKIPPED, uvloop is not importable ({missing}); "
-                      "pip install 'aiozc[uvloop]'", file=out)
-                continue
-        for policy in policies:
-            print(file=out)
-            out.flush()
-            try:
-                result = run(_receive(loop_name, policy, size, not args.no_progress),
-                             use_uvloop=use_uvloop)
-            except (DemoError, OSError) as exc:
-                print(f"{loop_name} / zerocopy={policy!r}: FAILED: {exc}", file=out)
-                failures.append((loop_name, policy, str(exc)))
-                continue
-            _print_run(result, out)
-            results.append(result)
+    for i, (loop_name, policy) in enumerate(plan, 1):
+        index = f"[{i}/{len(plan)}]"
+        print(file=out)
+        out.flush()
+        bar = (_Progress(console, f"{index} {loop_name}/{policy}", size)
+               if console is not None else None)
+        try:
+            result = run(_receive(loop_name, policy, size, bar),
+                         use_uvloop=loop_name == "uvloop")
+        except (DemoError, OSError) as exc:
+            print(f"{index} {_run_label(loop_name, policy)}: FAILED: {exc}", file=out)
+            failures.append((loop_name, policy, str(exc)))
+            continue
+        _print_run(result, index, out)
+        results.append(result)
     _print_summary(results, failures, _crc_cost_us_per_mb(), out)
     bad = [r for r in results if not r.crc_ok]
     if failures or bad or not results:
-        print(f"\nFAILED: {len(failures)} run(s) did not complete, "
+        print(f"\nFAILED: {len(failures)} of {len(plan)} run(s) did not complete, "
               f"{len(bad)} checksum mismatch(es)", file=sys.stderr)
         return 1
-    print("\nAll runs verified: crc32 of the received stream matches the sender's.", file=out)
+    total = sum(r.size for r in results)
+    print(f"\nAll {len(results)} runs verified: {total:,} bytes received in all, and each "
+          "run's crc32 matches its sender's.", file=out)
     return 0
+
+
+def _print_plan(plan: Sequence[tuple[str, str]], size: int, skipped: list[str],
+                progress: str, out: TextIO) -> None:
+    """The opening text: what the demo is about to do, exactly."""
+    n = len(plan)
+    print(f"aiozc demo: {n} runs over 127.0.0.1, each moving {_size_label(size)}, "
+          f"{_size_label(n * size)} in all." if n > 1 else
+          f"aiozc demo: {n} run{'' if n else 's'} over 127.0.0.1"
+          + (f", moving {_size_label(size)}." if n else "."), file=out)
+    for i, (loop_name, policy) in enumerate(plan, 1):
+        lead = "  runs     : " if i == 1 else " " * 13
+        print(f"{lead}[{i}/{n}] {_run_label(loop_name, policy)}", file=out)
+    if not plan:
+        print("  runs     : none", file=out)
+    for why in skipped:
+        print(f"  skipped  : {why}", file=out)
+    print("  sender   : a separate process per run, sending with MSG_ZEROCOPY "
+          "(aiozc.testing.ZeroCopySender):\n"
+          "             pages the kernel can map over loopback (plain send() where the "
+          "kernel refuses it)", file=out)
+    print("  receiver : an aiozc server (ZCProtocol) in this process; it runs crc32 over "
+          "every byte received,\n"
+          "             checked against the sender's crc32 at the end of each run", file=out)
+    print(f"  machine  : {os.cpu_count()} CPUs, Linux {os.uname().release}, "
+          f"Python {sys.version.split()[0]}", file=out)
+    print(f"  progress : {progress}", file=out)
+    out.flush()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Usage::
                          [--no-send] [--no-connections] [--no-rpc]
                          [--no-pin] [--load N]
                          [--output-dir DIR | --md PATH --png PATH --json PATH]
+    python -m benchmarks --from-json docs/benchmarks.json [--png PATH]
 
 ``--no-pin`` leaves the receiver and the peer unpinned, as users' processes
 are; ``--load N`` runs N busy-loop processes beside the receiver matrix.
@@ -39,8 +40,10 @@ arrived in mapped pages.  Runs are interleaved (receivers A B C ... and
 reversed on alternate repeats); medians with the min-max spread.
 
 Writes ``docs/benchmarks.md`` (tables, targets), ``docs/benchmarks.png``
-(CPU per message vs frame size; skipped with a note when matplotlib is
-missing) and ``docs/benchmarks.json`` (every run).  Receivers whose package
+(a heatmap of every receiver's CPU per message over the best peer's in
+every cell; skipped with a note when matplotlib is missing) and
+``docs/benchmarks.json`` (every run).  ``--from-json`` measures nothing: it
+draws the plot again from a benchmarks.json.  Receivers whose package
 (aiofastnet, anyio, trio) is missing are skipped with a note.  ``--quick``
 is a smoke run for CI (well under 60 s): small transfers, one repeat; it
 asserts nothing about speed.
@@ -57,15 +60,17 @@ many-connection RPC benchmark (``benchmarks/rpc.py``: ``rpc.md`` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._receivers import ReceiverSpec, all_receivers
 from ._runner import Progress, Run, available, run_matrix
@@ -151,6 +156,23 @@ class Results:
         m, name = min(peers)
         return name, m
 
+    def ratio(self, rx: str, cell: tuple[str, int, str]) -> float:
+        """The receiver's median CPU per message over the best peer's, in one
+        cell: what the report's ratio tables and the plot show (below 1:
+        cheaper than every peer).  NaN if the receiver did not run there."""
+        return self.med(rx, cell) / self.best_peer(cell)[1]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        """The results of a run written to ``benchmarks.json`` (to draw its
+        plot again without measuring anything)."""
+        known = {f.name for f in dataclasses.fields(Run)}
+        runs = [Run(**{k: v for k, v in r.items() if k in known}) for r in data["runs"]]
+        receivers = [ReceiverSpec(api=r["api"], runtime=r["runtime"], aiozc=r["aiozc"],
+                                  fn=_not_runnable, mode=r["mode"])
+                     for r in data["receivers"]]
+        return cls(runs, receivers)
+
     def field(self, rx: str, cell: tuple[str, int, str], attr: str) -> list[float]:
         """One attribute of every repeat (skipping None)."""
         out = []
@@ -159,6 +181,10 @@ class Results:
             if v is not None:
                 out.append(float(v))
         return out
+
+
+def _not_runnable(*args: object) -> None:
+    raise RuntimeError("a receiver loaded from benchmarks.json cannot run")
 
 
 def _cell_label(cell: tuple[str, int, str]) -> str:
@@ -314,17 +340,18 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
         for s in res.receivers:
             row = [s.name]
             for c in cells:
-                m = res.med(s.name, c)
-                if m != m:
+                r = res.ratio(s.name, c)
+                if r != r:
                     row.append("–")
                     continue
-                txt = f"{m / best[c][1]:.2f}x"
+                txt = f"{r:.2f}x"
                 row.append(f"**{txt}**" if s.name == best[c][0] else txt)
             rows.append(row)
         rows.append(["*best peer, µs/msg*"] + [f"*{best[c][1]:.1f}*" for c in cells])
         w.append(table(["receiver"] + [_cell_label(c) for c in cells], rows) + "\n")
 
-    w.append(f"![CPU per message vs frame size]({png_name})\n" if not plot_note
+    w.append(f"![Receiver CPU per message over the best peer's, every receiver and cell]"
+             f"({png_name})\n" if not plot_note
              else f"*{plot_note}*\n")
 
     # detail tables
@@ -365,52 +392,119 @@ def report(res: Results, machine: dict[str, str], repeats: int, jobs: Sequence[J
     return "\n".join(w)
 
 
-def plot(res: Results, path: Path) -> str:
-    """CPU per message vs frame size (log-log), one line per receiver, one
-    panel per sender.  Returns '' or a note saying why there is no plot."""
+#: The plot's colour scale: ratios from 1/RATIO_SPAN (full green) to
+#: RATIO_SPAN (full red), on a log scale centred at 1.00 (white).  Narrow,
+#: because the differences that matter are 0.9-1.3x; beyond it the colour
+#: saturates and the number in the cell tells.
+RATIO_SPAN = 1.5
+
+
+def plot(res: Results, path: Path, machine: dict[str, str] | None = None,
+         repeats: int | None = None, quick: bool = False) -> str:
+    """A heatmap of :meth:`Results.ratio`: one row per receiver, one column
+    per cell (workload, size, sender), green where the receiver costs less
+    CPU per message than the best peer, red where it costs more, the ratio
+    written in each cell.  Returns '' or a note saying why there is no plot."""
     try:
         import matplotlib
     except ImportError:
         return "No plot: matplotlib is not installed (pip install 'aiozc[bench]')."
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap, LogNorm
+    from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
-    cmap = plt.get_cmap("tab20")
-    for ax, sender in zip(axes, SENDERS):
-        sizes = sorted({c[1] for c in res.cells if c[0] == "bulk" and c[2] == sender})
-        for i, s in enumerate(res.receivers):
-            xs, ys, lo, hi = [], [], [], []
-            for size in sizes:
-                v = res.us(s.name, ("bulk", size, sender))
-                if v:
-                    m = statistics.median(v)
-                    xs.append(size)
-                    ys.append(m)
-                    lo.append(m - min(v))
-                    hi.append(max(v) - m)
-            if not xs:
+    # Cells where a peer ran (no ratio without one), receivers that ran.
+    cells = [c for c in res.cells
+             if any(not s.aiozc and res.us(s.name, c) for s in res.receivers)]
+    rxs = [s for s in res.receivers if any(res.us(s.name, c) for c in cells)]
+    if not cells or not rxs:
+        return "No plot: no peer ran, so there is no ratio to draw."
+    best = {c: res.best_peer(c) for c in cells}
+    grid = [[res.ratio(s.name, c) for c in cells] for s in rxs]
+
+    cmap = LinearSegmentedColormap.from_list(
+        "ratio", ["#1a7f37", "#8fd19e", "#f7f7f7", "#f4a582", "#b2182b"])
+    cmap.set_bad("#d9d9d9")
+    norm = LogNorm(vmin=1 / RATIO_SPAN, vmax=RATIO_SPAN, clip=True)
+    fig_w = 5.0 + 0.95 * len(cells)
+    fig_h = max(5.5, 2.6 + 0.34 * len(rxs))
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    img = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    for i, s in enumerate(rxs):
+        for j, c in enumerate(cells):
+            v = grid[i][j]
+            if math.isnan(v):
+                ax.text(j, i, "–", ha="center", va="center", fontsize=10, color="#555555")
                 continue
-            style = ("-" if s.aiozc else "--") if s.runtime != "blocking" else ":"
-            color = "black" if s.runtime == "blocking" else cmap(i % 20)
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, marker="o", markersize=3,
-                        capsize=2, linewidth=1.6 if s.aiozc else 1.0, color=color,
-                        label=s.name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(sizes, [size_label(x) for x in sizes])
-        ax.set_xlabel("frame size")
-        ax.set_title(f"bulk frames, {SENDER_LABEL[sender]}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("receiver CPU µs per frame (median, bars: min–max)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle("Receiver CPU per frame (solid: aiozc, dashed: peers, dotted: aiozc floor)")
-    fig.tight_layout(rect=(0, 0.2, 1, 0.96))
+            strong = abs(math.log(v)) > 0.7 * math.log(RATIO_SPAN)
+            ax.text(j, i, f"{v:.2f}" if v < 10 else f"{v:.1f}", ha="center", va="center",
+                    fontsize=10, color="white" if strong else "black",
+                    fontweight="bold" if s.aiozc else "normal")
+            if s.name == best[c][0]:  # the best peer itself: 1.00 by definition
+                ax.add_patch(Rectangle((j - 0.45, i - 0.42), 0.9, 0.84, fill=False,
+                                       edgecolor="black", linewidth=1.5, zorder=3))
+    ax.set_xticks(range(len(cells)),
+                  [f"{_cell_label(c)}\n{best[c][1]:.1f} µs" for c in cells], fontsize=10)
+    ax.set_yticks(range(len(rxs)), [s.name for s in rxs], fontsize=10)
+    for label, s in zip(ax.get_yticklabels(), rxs):
+        if s.aiozc:
+            label.set_fontweight("bold")
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    # Thin white gaps between the cells; heavier lines between senders and
+    # between the peers and aiozc.
+    ax.set_xticks([j - 0.5 for j in range(1, len(cells))], minor=True)
+    ax.set_yticks([i - 0.5 for i in range(1, len(rxs))], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.2)
+    ax.tick_params(which="minor", length=0)
+    for j in range(1, len(cells)):
+        if cells[j][2] != cells[j - 1][2]:
+            ax.axvline(j - 0.5, color="black", linewidth=2)
+    for i in range(1, len(rxs)):
+        if rxs[i].aiozc != rxs[i - 1].aiozc:
+            ax.axhline(i - 0.5, color="black", linewidth=2)
+    # Sender names above their columns.
+    for sender in SENDERS:
+        cols = [j for j, c in enumerate(cells) if c[2] == sender]
+        if cols:
+            ax.annotate(SENDER_LABEL[sender], xy=((cols[0] + cols[-1]) / 2, 1),
+                        xycoords=("data", "axes fraction"), xytext=(0, 34),
+                        textcoords="offset points", ha="center", va="bottom",
+                        fontsize=12, fontweight="bold")
+    bar = fig.colorbar(img, ax=ax, extend="both", fraction=0.03, pad=0.02)
+    ticks = [t for t in (0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+             if 1 / RATIO_SPAN - 1e-9 <= t <= RATIO_SPAN + 1e-9]
+    bar.set_ticks(ticks, labels=[f"{t:.2f}x" for t in ticks], fontsize=10)
+    bar.ax.minorticks_off()
+    bar.set_label("ratio to the best peer", fontsize=10)
+    m = machine or {}
+    where = ", ".join(x for x in (
+        m.get("cpu"), f"{m['nproc']} CPUs" if m.get("nproc") else None,
+        f"Linux {m['kernel']}" if m.get("kernel") else None,
+        f"Python {m['python']}" if m.get("python") else None, m.get("date")) if x)
+    title = ("Receiver CPU per message ÷ the best peer's (the cheapest non-aiozc receiver, "
+             "boxed) in each cell" + (f", medians of {repeats} repeats" if repeats else ""))
+    sub = ("green < 1: cheaper than every peer; red > 1: costlier than the best peer. "
+           "Bold rows: aiozc.\nUnder each column's frame size: the best peer's receiver "
+           "CPU µs per message (frame, or RPC request)."
+           + (f"\n{where}" if where else "")
+           + ("\n--quick: a smoke run, NOT a measurement" if quick else ""))
+    fig.suptitle(title, fontsize=13, fontweight="bold", x=0.01, ha="left")
+    fig.text(0.01, 1 - 0.5 / fig_h, sub, fontsize=10, ha="left", va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.85 + 0.17 * quick) / fig_h))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return ""
+
+
+def plot_from_json(json_path: Path, png_path: Path) -> str:
+    """Draw the plot of the run recorded in ``json_path`` (a benchmarks.json)
+    to ``png_path``, measuring nothing.  Returns '' or why there is no plot."""
+    data = json.loads(json_path.read_text())
+    return plot(Results.from_json(data), png_path, data.get("machine"),
+                data.get("repeats"), bool(data.get("quick")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--md", default=None, help="markdown report path")
     ap.add_argument("--png", default=None, help="plot path")
     ap.add_argument("--json", default=None, help="raw results path")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="measure nothing: draw the plot of the run recorded in PATH (a "
+                         "benchmarks.json) to --png (default: PATH with .png) and exit")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--no-send", dest="send", action="store_false",
                     help="skip the sender-side benchmark (benchmarks/send.py)")
@@ -447,6 +544,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="run N busy-loop processes beside the receivers (a loaded "
                          "machine, under control); default 0")
     args = ap.parse_args(argv)
+    if args.from_json:
+        src = Path(args.from_json)
+        dst = Path(args.png) if args.png else src.with_suffix(".png")
+        note = plot_from_json(src, dst)
+        print(note or f"wrote {dst}", file=sys.stderr)
+        return 1 if note else 0
     repeats = args.repeats or (1 if args.quick else REPEATS)
     scale = args.scale or (1 / QUICK_DIVISOR if args.quick else 1.0)
     out_dir = Path(args.output_dir) if args.output_dir else (
@@ -530,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rpc.main(["--md", str(rpc_md), "--json", str(md.parent / "rpc.json"),
                   *(["--quick"] if args.quick else [])])
     res = Results(runs, receivers)
-    plot_note = plot(res, png)
+    plot_note = plot(res, png, machine, repeats, args.quick)
     text = report(res, machine, repeats, jobs, skipped, plot_note,
                   os.path.relpath(png, md.parent), elapsed, args.quick, pinned, send_md)
     for title, what, path, module in (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run_module
+from support import ROOT, run_module
 
 pytestmark = pytest.mark.benchmarks
 
@@ -51,6 +51,36 @@ def test_quick_benchmark_writes_report(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "rpc.json").read_text())
     assert rows and all(r["bad"] == 0 and r["requests"] > 0 for r in rows)
     assert "## Server CPU per request" in (tmp_path / "rpc.md").read_text()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("which", ["recorded", "partial"])
+def test_plot_from_json(tmp_path: Path, which: str) -> None:
+    """``python -m benchmarks --from-json``: the plot of a recorded run, drawn
+    again without measuring (docs/benchmarks.png is made so), from the last
+    full run's JSON and from a smaller one with a receiver missing a cell
+    and a cell no peer ran in (quick, as a smoke run's)."""
+    pytest.importorskip("matplotlib")
+    src = ROOT / "docs" / "benchmarks.json"
+    if which == "partial":
+        data = json.loads(src.read_text())
+        peers = [r for r in data["receivers"] if not r["aiozc"]][:3]
+        ours = [r for r in data["receivers"] if r["aiozc"]][:2]
+        data["receivers"] = peers + ours
+        names = {r["name"] for r in data["receivers"]}
+        data["runs"] = [
+            r for r in data["runs"] if r["receiver"] in names
+            and not (r["receiver"] == ours[0]["name"] and r["frame_size"] == 512)
+            and not (not r["aiozc"] and r["workload"] == "rpc" and r["sender"] == "plain")]
+        data["quick"] = True
+        src = tmp_path / "partial.json"
+        src.write_text(json.dumps(data))
+    png = tmp_path / "plot.png"
+    proc = run_module(["benchmarks", "--from-json", str(src), "--png", str(png)], timeout=50)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["plot.png"] + (["partial.json"] if which == "partial" else []))
 
 
 @pytest.mark.timeout(150)
