@@ -1,8 +1,12 @@
 """Shared fixtures: every test runs once per event loop, over real sockets.
 
-``run`` runs a coroutine on a fresh stdlib selector loop and on a fresh
-uvloop loop (the test is parametrized, as uvloop's own suite runs one mixin
-per loop).  The peers are real: a thread that sends with MSG_ZEROCOPY (pages
+Every ``@pytest.mark.asyncio`` test runs on a fresh stdlib selector loop and
+on a fresh uvloop loop (pytest-asyncio's ``pytest_asyncio_loop_factories``
+hook, below: the test is parametrized, as uvloop's own suite runs one mixin
+per loop; the ids say which).  aiozc's entry points must work on any loop,
+so these are the loops' own classes; a project testing its code on aiozc's
+loops uses the same hook through ``aiozc.testing.pytest_plugin``.  Tests
+that drive a loop in a child process take ``loop_name``.  The peers are real: a thread that sends with MSG_ZEROCOPY (pages
 the kernel can map) or with plain sendmsg (pages it cannot).
 
 Only fixtures live here; the helpers tests import (``Peer``, ``payload``,
@@ -13,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from support import LOOPS, Run
+from support import LOOPS
 
 
 @pytest.fixture(params=list(LOOPS))
@@ -26,9 +30,16 @@ def loop_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def run(loop_name: str) -> Iterator[Run]:
-    """Run a coroutine on a fresh loop of each kind, failing after 60 s."""
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        yield lambda coro: runner.run(asyncio.wait_for(coro, 60))
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """pytest-asyncio: run each asyncio test on every loop of ``LOOPS``."""
+    return LOOPS
+
+
+@pytest.fixture(autouse=True)
+def _collect_after() -> Iterator[None]:
+    """Collect garbage after each test, while its failures are still its own
+    (a transport or view dropped unclosed warns in its __del__)."""
+    yield
     gc.collect()

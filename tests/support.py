@@ -49,6 +49,11 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
+def loop_kind() -> str:
+    """The ``LOOPS`` name of the running loop (inside an asyncio test)."""
+    return "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+
+
 class Echo(asyncio.Protocol):
     """Echoes everything; records its transport and when it is lost."""
 

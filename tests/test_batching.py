@@ -20,7 +20,7 @@ import pytest
 import aiozc
 from aiozc import ZCConfig, ZCProtocol
 
-from support import Run, payload, sha
+from support import payload, sha
 
 KiB = 1024
 
@@ -122,12 +122,13 @@ def _echo_upper(transport: Any, request: bytes) -> None:
 class TestBatching:
     """Writes of one read event leave together, in order."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("batch", [True, False], ids=["batched", "unbatched"])
-    def test_pipelined_replies(self, run: Run, batch: bool) -> None:
+    async def test_pipelined_replies(self, batch: bool) -> None:
         bodies = [b"request %d " % i * 3 for i in range(PIPELINED)]
         want = b"".join(b.upper() for b in bodies)
-        got, _, stats = run(exchange(ZCConfig(batch_writes=batch), bodies, _echo_upper,
-                                     expect=len(want)))
+        got, _, stats = await exchange(ZCConfig(batch_writes=batch), bodies, _echo_upper,
+                                     expect=len(want))
         assert got == want
         if batch:
             # 16 requests in one event (they arrived in one segment, and
@@ -138,7 +139,8 @@ class TestBatching:
         else:
             assert stats.send_calls == PIPELINED, stats
 
-    def test_interleaved_write_writelines_write_eof(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_interleaved_write_writelines_write_eof(self) -> None:
         def answer(transport: Any, request: bytes) -> None:
             transport.write(b"<")
             transport.writelines([request, b"|", bytearray(request[::-1])])
@@ -150,19 +152,21 @@ class TestBatching:
 
         bodies = [b"abc", b"defg", b"h"]
         want = b"".join(b"<" + b + b"|" + b[::-1] + b">" for b in bodies) + b"!"
-        got, proto, _ = run(exchange(ZCConfig(), bodies, answer, after))
+        got, proto, _ = await exchange(ZCConfig(), bodies, answer, after)
         assert got == want  # every byte in order, then EOF (the client's loop ended)
 
-    def test_close_inside_the_event_sends_first(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_close_inside_the_event_sends_first(self) -> None:
         def after(transport: Any) -> None:
             transport.write(b"bye")
             transport.close()  # the batch still goes out first, then FIN
 
         bodies = [b"x" * 100, b"y" * 10]
-        got, proto, _ = run(exchange(ZCConfig(), bodies, _echo_upper, after))
+        got, proto, _ = await exchange(ZCConfig(), bodies, _echo_upper, after)
         assert got == b"X" * 100 + b"Y" * 10 + b"bye"
 
-    def test_flow_control_fires_inside_the_event(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_flow_control_fires_inside_the_event(self) -> None:
         big = payload(256 * KiB, seed=7)
 
         def answer(transport: Any, request: bytes) -> None:
@@ -173,12 +177,13 @@ class TestBatching:
             # soon as it is queued, as with a socket that took nothing.
             assert transport.get_write_buffer_size() >= len(big)
 
-        got, proto, _ = run(exchange(ZCConfig(), [b"go"], answer, expect=len(big) + 1))
+        got, proto, _ = await exchange(ZCConfig(), [b"go"], answer, expect=len(big) + 1)
         assert got[:1] == b"<"
         assert hashlib.sha256(got[1:]).hexdigest() == sha(big)
         assert proto.paused >= 1 and proto.resumed >= 1, (proto.paused, proto.resumed)
 
-    def test_zerocopy_writes_in_a_batch(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_zerocopy_writes_in_a_batch(self) -> None:
         big = [payload(128 * KiB, seed=10 + i) for i in range(3)]
 
         def answer(transport: Any, request: bytes) -> None:
@@ -189,11 +194,12 @@ class TestBatching:
 
         want = b"".join(b"head%d" % i + big[i] + b"tail%d" % i for i in range(3))
         config = ZCConfig(send_zerocopy="always")
-        got, _, stats = run(exchange(config, [b"0", b"1", b"2"], answer, expect=len(want)))
+        got, _, stats = await exchange(config, [b"0", b"1", b"2"], answer, expect=len(want))
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
         assert stats.bytes_sent_zerocopy >= sum(map(len, big)), stats
 
-    def test_error_in_the_batched_send_is_reported(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_error_in_the_batched_send_is_reported(self) -> None:
         def answer(transport: Any, request: bytes) -> None:
             # The write side fails before the event ends: the batched send
             # meets EPIPE, reported as any write error is.
@@ -228,7 +234,7 @@ class TestBatching:
                 server.close()
                 await server.wait_closed()
 
-        exc = run(main())
+        exc = await main()
         assert isinstance(exc, BrokenPipeError), exc
 
 
@@ -236,8 +242,9 @@ class TestStreamBatching:
     """A stream handler's answers, written from its task, join the batch of
     the read event that woke it (batch_scope = "iteration")."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("batch", [True, False], ids=["batched", "unbatched"])
-    def test_pipelined_stream_replies(self, run: Run, batch: bool) -> None:
+    async def test_pipelined_stream_replies(self, batch: bool) -> None:
         bodies = [b"stream request %d" % i for i in range(PIPELINED)]
         want = b"".join(b.upper() for b in bodies)
 
@@ -262,14 +269,15 @@ class TestStreamBatching:
                 await server.wait_closed()
             return got, stats[0]
 
-        got, stats = run(main())
+        got, stats = await main()
         assert got == want
         if batch:
             assert stats.send_calls <= 2, stats
         else:
             assert stats.send_calls == PIPELINED, stats
 
-    def test_one_request_in_flight_is_answered_at_once(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_one_request_in_flight_is_answered_at_once(self) -> None:
         """A client that waits for each answer before its next request: every
         answer leaves in its own send() as soon as it is written (nothing is
         held for a batch that never comes), and the client gets each one."""
@@ -310,11 +318,12 @@ class TestStreamBatching:
                 await server.wait_closed()
             return answers, stats[0]
 
-        answers, stats = run(main())
+        answers, stats = await main()
         assert answers == [b"REQUEST %d" % i for i in range(rounds)]
         assert stats.send_calls == rounds, stats
 
-    def test_writes_without_reads_between_them_keep_their_order(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_writes_without_reads_between_them_keep_their_order(self) -> None:
         """A handler that pushes messages from its task over several loop
         iterations, with no read event between them: the first goes at once,
         later ones may wait for the next iteration, and all arrive in order."""
@@ -340,4 +349,4 @@ class TestStreamBatching:
                 await server.wait_closed()
             return got
 
-        assert run(main()) == b"".join(messages)
+        assert (await main()) == b"".join(messages)

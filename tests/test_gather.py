@@ -28,7 +28,7 @@ import pytest
 
 import aiozc
 from aiozc import ViewBuffer, ZCConfig
-from support import Peer, Run, count_socket_maps, payload, sha
+from support import Peer, count_socket_maps, payload, sha
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -114,8 +114,9 @@ class PauseCounter:
 class TestStreams:
     """ZCStreamReader gathers frames of two receives or more."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("api", ["views", "bytes"])
-    def test_big_frames_are_gathered_exactly(self, run: Run, api: str) -> None:
+    async def test_big_frames_are_gathered_exactly(self, api: str) -> None:
         sizes = [3 * MiB + 5, 17, 600 * KiB, 4, 2 * MiB, 1, 1 * MiB + 4093, 64 * KiB, 5 * MiB]
         data, bodies = framed(sizes)
         peer = Peer(data, zerocopy=False, max_write=300 * KiB)
@@ -140,14 +141,15 @@ class TestStreams:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return got, stats.bytes_assembled
 
-        got, assembled = run(main())
+        got, assembled = await main()
         assert got == [sha(b) for b in bodies]
         big = sum(n for n in sizes if n >= 512 * KiB)
         # Only the heads of the big frames (each at most one receive, 256
         # KiB) are copied, where assembling them copied every byte.
         assert assembled <= 4 * 256 * KiB + 64 * KiB, (assembled, big)
 
-    def test_consecutive_big_frames_copy_small_heads_and_never_pause(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_consecutive_big_frames_copy_small_heads_and_never_pause(self) -> None:
         # After a gathered frame the engine receives a small piece first
         # (the next header and little else), and a reader waiting for a
         # gathered frame reads no further than its end: the head copied into
@@ -175,14 +177,15 @@ class TestStreams:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return got, stats.bytes_assembled, counting.pauses
 
-        got, assembled, pauses = run(main())
+        got, assembled, pauses = await main()
         assert got == [sha(b) for b in bodies]
         # The first frame's head may be a whole receive (256 KiB); every
         # later one at most the 16 KiB receive that follows a gather.
         assert assembled <= 256 * KiB + (count - 1) * 16 * KiB, assembled
         assert pauses == 0
 
-    def test_eof_in_the_middle_of_a_gathered_frame(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_eof_in_the_middle_of_a_gathered_frame(self) -> None:
         body = payload(2 * MiB, seed=3)
         peer = _Staged([(3 * MiB).to_bytes(4, "big") + body])
 
@@ -197,9 +200,10 @@ class TestStreams:
             await peer.join()
             return info.value.partial
 
-        assert sha(run(main())) == sha(body)
+        assert sha((await main())) == sha(body)
 
-    def test_reset_in_the_middle_of_a_gathered_frame(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_reset_in_the_middle_of_a_gathered_frame(self) -> None:
         # The peer resets only when told: once the client is connected and
         # has received all it sent, so the reset always lands while the
         # 3 MiB frame is being gathered (1 MiB of it in), never in the
@@ -226,9 +230,10 @@ class TestStreams:
                 await writer.wait_closed()
             await peer.join()
 
-        run(main())
+        await main()
 
-    def test_cancelled_wait_loses_nothing(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_cancelled_wait_loses_nothing(self) -> None:
         body = payload(3 * MiB, seed=5)
         head, tail = body[: MiB + 17], body[MiB + 17:]
         peer = _Staged([len(body).to_bytes(4, "big") + head, tail])
@@ -251,9 +256,10 @@ class TestStreams:
             writer.close()
             await peer.join()
 
-        run(main())
+        await main()
 
-    def test_held_frames_exhaust_the_pool_and_reading_goes_on(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_held_frames_exhaust_the_pool_and_reading_goes_on(self) -> None:
         # The engine pools four frame buffers; with more frames held it
         # declines, and the reader assembles instead: same bytes.
         sizes = [MiB + i for i in range(7)]
@@ -277,9 +283,10 @@ class TestStreams:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return digests
 
-        assert run(main()) == [sha(b) for b in bodies]
+        assert (await main()) == [sha(b) for b in bodies]
 
-    def test_gathered_view_outlives_the_connection(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_gathered_view_outlives_the_connection(self) -> None:
         body = payload(2 * MiB + 1, seed=9)
         peer = Peer(len(body).to_bytes(4, "big") + body, zerocopy=False)
         maps_before = count_socket_maps()
@@ -294,7 +301,7 @@ class TestStreams:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return view
 
-        view = run(main())
+        view = await main()
         # The connection is gone; the frame's buffer stays until released.
         assert sha(view) == sha(body)
         view.release()
@@ -367,38 +374,42 @@ async def _protocol_run(
 class TestProtocol:
     """ZCTransport.gather for a ZCProtocol that frames with a ViewBuffer."""
 
-    def test_big_frames_are_gathered_exactly(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_big_frames_are_gathered_exactly(self) -> None:
         sizes = [MiB, 3, 2 * MiB + 7, 100 * KiB, 4 * MiB, 512 * KiB, 9, 3 * MiB + 1]
         data, bodies = framed(sizes, seed=13)
-        proto, stats = run(_protocol_run(data, COPY, zerocopy_peer=False))
+        proto, stats = await _protocol_run(data, COPY, zerocopy_peer=False)
         assert proto.digests == [sha(b) for b in bodies]
         assert proto.gathered >= 4  # every frame of 1 MiB and up, at least
         assert proto.buf.bytes_assembled <= 6 * 256 * KiB
         assert stats.bytes_received == len(data)
 
-    def test_gather_declines_while_mapping(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_gather_declines_while_mapping(self) -> None:
         # Mapped pages cannot be made contiguous with bytes received
         # before: the transport says so and the protocol assembles.
         sizes = [2 * MiB + 3, 3 * MiB, 2 * MiB]
         data, bodies = framed(sizes, seed=17)
-        proto, stats = run(_protocol_run(data, ZCConfig(zerocopy="always"), zerocopy_peer=True))
+        proto, stats = await _protocol_run(data, ZCConfig(zerocopy="always"), zerocopy_peer=True)
         assert proto.digests == [sha(b) for b in bodies]
         assert stats.bytes_mapped > 0
         assert proto.gathered == 0
 
-    def test_gather_declines_small_frames(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_gather_declines_small_frames(self) -> None:
         sizes = [256 * KiB + 1, 300 * KiB, 500 * KiB] * 3
         data, bodies = framed(sizes, seed=19)
-        proto, _ = run(_protocol_run(data, COPY, zerocopy_peer=False))
+        proto, _ = await _protocol_run(data, COPY, zerocopy_peer=False)
         assert proto.digests == [sha(b) for b in bodies]
         assert proto.gathered == 0
 
-    def test_same_bytes_with_and_without_gather(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_same_bytes_with_and_without_gather(self) -> None:
         rnd = random.Random(23)
         sizes = [rnd.choice([rnd.randrange(1, 4096), rnd.randrange(MiB, 3 * MiB)]) for _ in range(12)]
         data, bodies = framed(sizes, seed=29)
-        with_gather, _ = run(_protocol_run(data, COPY, zerocopy_peer=False, gather=True))
-        without, _ = run(_protocol_run(data, COPY, zerocopy_peer=False, gather=False))
+        with_gather, _ = await _protocol_run(data, COPY, zerocopy_peer=False, gather=True)
+        without, _ = await _protocol_run(data, COPY, zerocopy_peer=False, gather=False)
         assert with_gather.digests == without.digests == [sha(b) for b in bodies]
         assert with_gather.buf.bytes_assembled < without.buf.bytes_assembled / 2
 

@@ -21,7 +21,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol
 from aiozc.testing import ZeroCopySender
 
-from support import Run, payload, sha
+from support import payload, sha
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -128,30 +128,33 @@ async def serve(
 class TestIdleConnectionsHoldNothing:
     """A drained connection with no view outstanding holds no slab and no page."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("size", [4 * KiB, 64 * KiB, MiB])
-    def test_copying(self, run: Run, size: int) -> None:
+    async def test_copying(self, size: int) -> None:
         blobs = [payload(size, seed=i) for i in range(40)]
         pinned: list[int] = []
 
         def check(sinks: list[Sink]) -> None:
             pinned.extend(s.transport.stats.bytes_pinned for s in sinks)
 
-        sinks, stats = run(serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False,
-                                 check=check))
+        sinks, stats = await serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False,
+                                 check=check)
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert stats.slabs_in_use == 0, stats
         assert stats.bytes_pinned == 0 and pinned == [0] * len(blobs)
 
-    def test_connections_share_slabs(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_connections_share_slabs(self) -> None:
         # Views released in data_received: each pump gives its slab back,
         # and the next connection's pump takes the same one (still cached).
         blobs = [payload(MiB, seed=50 + i) for i in range(40)]
-        sinks, stats = run(serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False))
+        sinks, stats = await serve(blobs, ZCConfig(zerocopy="never"), zerocopy=False)
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert stats.slabs_in_use == 0, stats
         assert stats.slab_bytes <= 8 * MiB, stats  # not one slab per connection
 
-    def test_free_slabs_follow_recent_demand(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_free_slabs_follow_recent_demand(self) -> None:
         # 30 connections whose views are held need 30 slabs at once; once
         # they are released and the process is quiet, demand halves every
         # second and the store gives the slabs back.
@@ -173,7 +176,7 @@ class TestIdleConnectionsHoldNothing:
             await asyncio.sleep(2.5)
             return before, held[0], aiozc.memory_stats()
 
-        before, during, after = run(main())
+        before, during, after = await main()
         assert during.slabs_in_use >= 30, during
         assert after.slabs_in_use == 0, after
         # At least two half-lives passed: this store keeps at most a quarter
@@ -186,7 +189,8 @@ class TestIdleConnectionsHoldNothing:
             before, during, after)
         assert after.slabs_returned > during.slabs_returned, (during, after)
 
-    def test_small_connections_map_nothing(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_small_connections_map_nothing(self) -> None:
         # auto copies a connection's first probe_after_bytes untimed: 40
         # connections of 256 KiB from a MSG_ZEROCOPY peer never probe, so
         # none of them maps its window (no socket VMA, no page mapped).
@@ -199,12 +203,13 @@ class TestIdleConnectionsHoldNothing:
             with open("/proc/self/maps") as f:
                 seen["socket_maps"] = sum("socket:[" in line for line in f)
 
-        sinks, _ = run(serve(blobs, ZCConfig(), zerocopy=True, check=check))
+        sinks, _ = await serve(blobs, ZCConfig(), zerocopy=True, check=check)
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert seen["mapped"] == 0 and seen["socket_maps"] == 0, seen
         assert all("copies the first" in str(r) for r in seen["reasons"]), seen
 
-    def test_mapping(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_mapping(self) -> None:
         blobs = [payload(2 * MiB, seed=100 + i) for i in range(12)]
         seen: dict[str, int] = {}
 
@@ -213,8 +218,8 @@ class TestIdleConnectionsHoldNothing:
             seen["window_rss"] = window_rss()
             seen["pinned"] = sum(s.transport.stats.bytes_pinned for s in sinks)
 
-        sinks, stats = run(serve(blobs, ZCConfig(zerocopy="always"), zerocopy=True,
-                                 check=check))
+        sinks, stats = await serve(blobs, ZCConfig(zerocopy="always"), zerocopy=True,
+                                 check=check)
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert seen["mapped"] > len(blobs) * MiB, seen  # pages really mapped
         # ... and, the connections idle with every view released, none of
@@ -226,7 +231,8 @@ class TestIdleConnectionsHoldNothing:
 class TestLoopWideBound:
     """set_memory_limit bounds what views pin over every connection of a loop."""
 
-    def test_copy_policy_holds_the_bound(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_copy_policy_holds_the_bound(self) -> None:
         limit = 4 * MiB
         blobs = [payload(MiB, seed=200 + i) for i in range(16)]
 
@@ -238,7 +244,7 @@ class TestLoopWideBound:
             finally:
                 aiozc.set_memory_limit(None)
 
-        sinks, stats = run(main())
+        sinks, stats = await main()
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert stats.peak_bytes_pinned <= limit, stats
         assert stats.exhausted_receives > 0, stats  # the rest went to heap copies
@@ -246,7 +252,8 @@ class TestLoopWideBound:
             for view in sink.views:
                 view.release()
 
-    def test_pause_policy_waits_for_any_release(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_pause_policy_waits_for_any_release(self) -> None:
         limit = 4 * MiB
         blobs = [payload(MiB, seed=300 + i) for i in range(12)]
         config = ZCConfig(zerocopy="never", on_exhausted="pause")
@@ -298,7 +305,7 @@ class TestLoopWideBound:
                 await server.wait_closed()
             return sinks, stats, released
 
-        sinks, stats, released = run(main())
+        sinks, stats, released = await main()
         assert released > 0
         assert sorted(s.hasher.hexdigest() for s in sinks) == sorted(map(sha, blobs))
         assert stats.peak_bytes_pinned <= limit, stats

@@ -36,7 +36,7 @@ import aiozc.anyio
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc.testing import ZeroCopySender
 
-from support import LOOPS, Peer, Run, payload, sha
+from support import LOOPS, Peer, payload, sha
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -115,8 +115,9 @@ class Trickle(Peer):
 class TestNoForeignBytes:
     """Nothing reachable from a view holds bytes its connection did not receive."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("policy", ["always", "never"])
-    def test_views_past_the_bound_expose_only_their_own_bytes(self, run: Run, policy: str) -> None:
+    async def test_views_past_the_bound_expose_only_their_own_bytes(self, policy: str) -> None:
         # Past max_pinned_bytes with on_exhausted='copy', views lie in heap
         # buffers: the buffer behind each (view.obj) must be exactly the
         # view's bytes, neither uninitialised heap (another connection's
@@ -126,7 +127,7 @@ class TestNoForeignBytes:
         # Writes of at most 40 KiB, paced: receives come back short of the
         # 256 KiB they ask for, which is when a heap buffer had a tail.
         peer = Trickle(data)
-        proto, stats = run(hold_everything(peer, config))
+        proto, stats = await hold_everything(peer, config)
         assert proto.exc is None and proto.hasher.hexdigest() == sha(data)
         assert stats.exhausted_receives > 0, stats
         if policy == "always":
@@ -208,9 +209,10 @@ class BufferedLink(Link, asyncio.BufferedProtocol):
 class TestSetProtocol:
     """Switching protocols, anywhere, loses and repeats nothing (as asyncio)."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("other", ["bytes", "buffered"])
     @pytest.mark.parametrize("pause", [False, True], ids=["switch", "pause-switch-resume"])
-    def test_switching_inside_data_received(self, run: Run, other: str, pause: bool) -> None:
+    async def test_switching_inside_data_received(self, other: str, pause: bool) -> None:
         # Every 7th call hands the connection to the other protocol, from
         # inside data_received, with views of the same pump still to come,
         # and (pause) with views held back by the pause: each switch must
@@ -245,7 +247,7 @@ class TestSetProtocol:
             await loop.run_in_executor(None, peer.join)
             return chain
 
-        chain = run(main())
+        chain = await main()
         assert chain.exc is None
         assert chain.eof
         assert chain.calls >= 14  # switched both ways, several times
@@ -292,9 +294,10 @@ class Closer(ZCProtocol):
 class TestNothingAfterClose:
     """After close() or abort(), the protocol gets only connection_lost()."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("policy", ["always", "never"])
     @pytest.mark.parametrize("how", ["close", "abort"])
-    def test_close_inside_data_received(self, run: Run, how: str, policy: str) -> None:
+    async def test_close_inside_data_received(self, how: str, policy: str) -> None:
         # Small receives, so one pump would make many more calls.
         data = payload(8 * MiB, seed=31)
         peer = Peer(data, zerocopy=True, may_be_cut_off=True, finish="close")
@@ -311,7 +314,7 @@ class TestNothingAfterClose:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return proto
 
-        proto = run(main())
+        proto = await main()
         assert proto.calls == 1
         assert proto.after_close == []
 
@@ -364,7 +367,8 @@ class OrderWatcher(ZCProtocol):
 class TestCallbackOrder:
     """connection_lost() is the last call, and never runs inside another."""
 
-    def test_close_with_zerocopy_sends_completing(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_close_with_zerocopy_sends_completing(self) -> None:
         reply = payload(256 * KiB, seed=41)
         data = payload(4 * MiB, seed=42)
         listener = socket.create_server(("127.0.0.1", 0))
@@ -399,7 +403,7 @@ class TestCallbackOrder:
             return proto
 
         try:
-            proto = run(main())
+            proto = await main()
         finally:
             listener.close()
         assert proto.is_lost and proto.closed
@@ -440,8 +444,9 @@ def _header_then_silence(listener: socket.socket, go: threading.Event, stop: thr
 class TestFrameMemoryBound:
     """A length header cannot make a connection reserve more than max_pinned_bytes."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("method", ["readexactly", "readexactly_view"])
-    def test_stream_reader(self, run: Run, method: str) -> None:
+    async def test_stream_reader(self, method: str) -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         go, stop = threading.Event(), threading.Event()
         thread = threading.Thread(
@@ -473,7 +478,7 @@ class TestFrameMemoryBound:
             return stats.bytes_pinned, grown
 
         try:
-            pinned, grown = run(main())
+            pinned, grown = await main()
         finally:
             stop.set()
             thread.join(10)
@@ -523,9 +528,10 @@ class TestFrameMemoryBound:
 class TestHugeBound:
     """A max_pinned_bytes near sys.maxsize bounds nothing, and wraps to nothing."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("bound", [sys.maxsize, 2**51], ids=["maxsize", "2**51"])
     @pytest.mark.parametrize("exhausted", ["pause", "copy"])
-    def test_every_view_held(self, run: Run, bound: int, exhausted: str) -> None:
+    async def test_every_view_held(self, bound: int, exhausted: str) -> None:
         data = payload(12 * MiB, seed=51)
         config = ZCConfig(zerocopy="never", max_pinned_bytes=bound, on_exhausted=exhausted)  # type: ignore[arg-type]
 
@@ -535,7 +541,7 @@ class TestHugeBound:
                 hold_everything(Peer(data, zerocopy=False), config), 30
             )
 
-        proto, stats = run(main())
+        proto, stats = await main()
         assert proto.exc is None and proto.hasher.hexdigest() == sha(data)
         # Nothing was ever past the bound: no heap copies, no starvation.
         assert stats.exhausted_receives == 0, stats
@@ -554,8 +560,9 @@ SMALL_BOUND = MiB
 class TestLinearCopies:
     """A frame far bigger than the pinned bound costs a bounded number of copies."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("exhausted", ["pause", "copy"])
-    def test_stream_reader(self, run: Run, exhausted: str) -> None:
+    async def test_stream_reader(self, exhausted: str) -> None:
         data = payload(BIG_FRAME, seed=61)
         peer = Peer(data, zerocopy=False, max_write=256 * KiB)
         config = ZCConfig(zerocopy="never", max_pinned_bytes=SMALL_BOUND, on_exhausted=exhausted)  # type: ignore[arg-type]
@@ -571,7 +578,7 @@ class TestLinearCopies:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return stats.bytes_assembled
 
-        assembled = run(main())
+        assembled = await main()
         assert assembled <= 2 * BIG_FRAME + SMALL_BOUND, assembled / BIG_FRAME
 
     @pytest.mark.anyio
@@ -669,7 +676,8 @@ class TestSendfile:
         assert position == len(data) - 100
         assert out and sha(out[0]) == sha(b"head" * 50_000 + data[100:-100] + b"tail")
 
-    def test_writes_during_sendfile_follow_the_file(self, run: Run, big_file: tuple[Path, bytes]) -> None:
+    @pytest.mark.asyncio
+    async def test_writes_during_sendfile_follow_the_file(self, big_file: tuple[Path, bytes]) -> None:
         path, data = big_file
         listener = socket.create_server(("127.0.0.1", 0))
         out: list[bytes] = []
@@ -692,12 +700,13 @@ class TestSendfile:
             await loop.run_in_executor(None, thread.join, 30)
 
         try:
-            run(main())
+            await main()
         finally:
             listener.close()
         assert out and sha(out[0]) == sha(data + b"after")
 
-    def test_not_a_regular_file_is_copied(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_not_a_regular_file_is_copied(self) -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         out: list[bytes] = []
         thread = threading.Thread(target=_serve_sink, args=(listener, out), daemon=True)
@@ -728,7 +737,7 @@ class TestSendfile:
             return sent
 
         try:
-            sent = run(main())
+            sent = await main()
         finally:
             listener.close()
         assert sent == len(data)

@@ -38,7 +38,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._zerocopy_send import immutable_view
 
-from support import Peer, Run, count_fds, payload, run_module, sha
+from support import Peer, count_fds, loop_kind, payload, run_module, sha
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -229,12 +229,13 @@ SIZES = [1, 4095, 65535, 65536, 3 * 65536 + 7, MiB + 3, 16 * MiB]
 class TestIntegrity:
     """Every byte arrives, in order, whichever way each write went."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("size", SIZES)
     @pytest.mark.parametrize("policy", ["always", "auto", "never"])
-    def test_every_size(self, run: Run, size: int, policy: str) -> None:
+    async def test_every_size(self, size: int, policy: str) -> None:
         data = payload(size, seed=size)
         config = ZCConfig(send_zerocopy=policy)  # type: ignore[arg-type]
-        sink, stats = run(send_all([data], config))
+        sink, stats = await send_all([data], config)
         assert sink.digest == sha(data) and sink.received == size
         assert stats.bytes_sent_zerocopy + stats.bytes_sent_copied == size
         assert stats.zerocopy_sends_pending == 0
@@ -248,7 +249,8 @@ class TestIntegrity:
             # pieces may see loopback's copied completions and finish by copy.
             assert stats.bytes_sent_zerocopy > 0
 
-    def test_mixed_writes_in_order(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_mixed_writes_in_order(self) -> None:
         """Zerocopy, copied and queued writes interleave in the order written."""
         rnd = random.Random(3)
         blob = payload(24 * MiB, seed=4)
@@ -270,7 +272,7 @@ class TestIntegrity:
                 chunks.append(array.array("B", piece))  # another exporter: rejected
             pos += n
         chunks = [c if not isinstance(c, array.array) else memoryview(c) for c in chunks]
-        sink, stats = run(send_all(chunks))
+        sink, stats = await send_all(chunks)
         assert sink.digest == sha(blob)
         immutable = sum(len(c) for c in chunks
                         if isinstance(c, bytes)
@@ -278,7 +280,8 @@ class TestIntegrity:
         assert stats.bytes_sent_zerocopy == immutable
         assert stats.bytes_sent_copied == len(blob) - immutable
 
-    def test_writelines_sends_big_buffers_as_themselves(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_writelines_sends_big_buffers_as_themselves(self) -> None:
         parts = [payload(n, seed=n) for n in (10, MiB, 20, 3 * MiB, 5)]
 
         async def main() -> tuple[Sink, aiozc.ZCStats]:
@@ -292,12 +295,13 @@ class TestIntegrity:
             await sink.join()
             return sink, stats
 
-        sink, stats = run(main())
+        sink, stats = await main()
         assert sink.digest == sha(b"".join(parts))
         assert stats.bytes_sent_zerocopy == 4 * MiB
         assert stats.bytes_sent_copied == 35
 
-    def test_mutable_buffers_are_copied_at_write(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_mutable_buffers_are_copied_at_write(self) -> None:
         """A bytearray changed right after write() goes out as it was."""
         original = payload(8 * MiB, seed=9)
 
@@ -317,7 +321,7 @@ class TestIntegrity:
             await sink.join()
             return sink, stats
 
-        sink, stats = run(main())
+        sink, stats = await main()
         assert sink.digest == sha(original + original)
         assert stats.bytes_sent_zerocopy == 0
         assert stats.bytes_write_buffered > 0  # the socket could not take it all
@@ -349,7 +353,8 @@ class TestEligibility:
                 assert immutable_view(buf) is None
             ro_map.release()
 
-    def test_views_from_the_receive_engine(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_views_from_the_receive_engine(self) -> None:
         async def main() -> list[bool]:
             peer = Peer(payload(3 * MiB), zerocopy=True).start()
             verdicts: list[bool] = []
@@ -372,14 +377,15 @@ class TestEligibility:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return verdicts
 
-        verdicts = run(main())
+        verdicts = await main()
         assert verdicts and all(verdicts)
 
 
 class TestHolds:
     """A buffer sent zerocopy is held until its completion, then released once."""
 
-    def test_held_until_completion_then_released(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_held_until_completion_then_released(self) -> None:
         # 96 KiB buffers live on the malloc heap (under glibc's mmap
         # threshold): released early, their memory would be reused by the
         # filler below and the sink would see the filler's bytes.
@@ -410,10 +416,11 @@ class TestHolds:
             await sink.join()
             return sink
 
-        sink = run(main())
+        sink = await main()
         assert sink.digest == sha(b"".join(blobs))
 
-    def test_many_writes_in_flight(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_many_writes_in_flight(self) -> None:
         rnd = random.Random(11)
         blobs = [payload(rnd.randint(1, 256 * KiB), seed=i) for i in range(600)]
 
@@ -433,7 +440,7 @@ class TestHolds:
             await sink.join()
             return sink, stats, notifications
 
-        sink, stats, notifications = run(main())
+        sink, stats, notifications = await main()
         assert sink.digest == sha(b"".join(blobs))
         assert stats.bytes_sent_zerocopy == sum(map(len, blobs))
         assert stats.zerocopy_sends_pending == 0
@@ -441,7 +448,8 @@ class TestHolds:
         # Completions of consecutive sends arrive coalesced.
         assert notifications < stats.zerocopy_completions_copied
 
-    def test_caller_may_release_its_view_at_once(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_caller_may_release_its_view_at_once(self) -> None:
         """The transport holds its own view: ``with data: write(data)`` is safe."""
         blob = payload(4 * MiB, seed=12)
 
@@ -462,7 +470,7 @@ class TestHolds:
             await sink.join()
             return sink, after - base
 
-        sink, leaked = run(main())
+        sink, leaked = await main()
         assert sink.digest == sha(blob)
         assert leaked == 0
 
@@ -470,7 +478,8 @@ class TestHolds:
 class TestFallbacks:
     """When and why writes go by copy."""
 
-    def test_auto_falls_back_on_loopback(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_auto_falls_back_on_loopback(self) -> None:
         blobs = [payload(MiB, seed=i) for i in range(48)]
 
         async def main() -> tuple[Sink, aiozc.ZCStats]:
@@ -485,7 +494,7 @@ class TestFallbacks:
             await sink.join()
             return sink, stats
 
-        sink, stats = run(main())
+        sink, stats = await main()
         assert sink.digest == sha(b"".join(blobs))
         limit = ZCConfig().send_zerocopy_copied_limit
         assert stats.send_fallback_reason is not None
@@ -494,22 +503,25 @@ class TestFallbacks:
         assert stats.bytes_sent_zerocopy == limit * MiB  # one completion per write
         assert stats.bytes_sent_copied == (48 - limit) * MiB
 
-    def test_always_keeps_zerocopy(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_always_keeps_zerocopy(self) -> None:
         blobs = [payload(MiB, seed=i) for i in range(16)]
-        sink, stats = run(send_all(blobs))
+        sink, stats = await send_all(blobs)
         assert stats.send_fallback_reason is None
         assert stats.bytes_sent_zerocopy == 16 * MiB and stats.bytes_sent_copied == 0
         assert stats.zerocopy_completions_copied >= 16
 
-    def test_threshold(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_threshold(self) -> None:
         config = ZCConfig(send_zerocopy_threshold=100 * KiB)
         small, big = payload(100 * KiB - 1, seed=1), payload(100 * KiB, seed=2)
-        sink, stats = run(send_all([small, big], config))
+        sink, stats = await send_all([small, big], config)
         assert sink.digest == sha(small + big)
         assert stats.bytes_sent_zerocopy == len(big)
         assert stats.bytes_sent_copied == len(small)
 
-    def test_unix_socket_refuses_so_zerocopy(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_unix_socket_refuses_so_zerocopy(self) -> None:
         data = payload(2 * MiB, seed=5)
 
         async def main() -> tuple[bytes, aiozc.ZCStats]:
@@ -530,7 +542,7 @@ class TestFallbacks:
             theirs.close()
             return bytes(received), transport.stats
 
-        received, stats = run(main())
+        received, stats = await main()
         assert received == data
         assert stats.bytes_sent_zerocopy == 0 and stats.bytes_sent_copied == len(data)
         assert stats.send_fallback_reason is not None
@@ -644,7 +656,8 @@ class TestENOBUFS:
 class TestClosing:
     """close() and abort() with zerocopy sends in the kernel."""
 
-    def test_close_waits_for_completions(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_close_waits_for_completions(self) -> None:
         blobs = [payload(96 * KiB, seed=i) for i in range(64)]
 
         async def main() -> Sink:
@@ -669,10 +682,11 @@ class TestClosing:
             await sink.join()
             return sink
 
-        sink = run(main())
+        sink = await main()
         assert sink.digest == sha(b"".join(blobs))
 
-    def test_abort_holds_what_the_kernel_took(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_abort_holds_what_the_kernel_took(self) -> None:
         blobs = [payload(96 * KiB, seed=i) for i in range(64)]
 
         async def main() -> Sink:
@@ -697,13 +711,14 @@ class TestClosing:
             await sink.join()
             return sink
 
-        sink = run(main())
+        sink = await main()
         # What the kernel had taken arrives: a prefix of what was written.
         joined = b"".join(blobs)
         assert 0 < sink.received <= len(joined)
         assert sink.digest == sha(joined[:sink.received])
 
-    def test_abort_resets_after_the_linger_timeout(self, run: Run,
+    @pytest.mark.asyncio
+    async def test_abort_resets_after_the_linger_timeout(self,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(aiozc._transport, "_LINGER_TIMEOUT", 0.2)
 
@@ -725,9 +740,10 @@ class TestClosing:
             with pytest.raises(ConnectionResetError):
                 await sink.join()
 
-        run(main())
+        await main()
 
-    def test_peer_reset_releases_everything(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_peer_reset_releases_everything(self) -> None:
         async def main() -> None:
             gate = threading.Event()
             sink = Sink(gate=gate, rcvbuf=64 * KiB, finish="reset")
@@ -744,9 +760,10 @@ class TestClosing:
             gc.collect()
             assert not Tracked.alive
 
-        run(main())
+        await main()
 
-    def test_no_fd_leak(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_no_fd_leak(self) -> None:
         async def one() -> None:
             sink = Sink()
             transport, proto = await connect(sink)
@@ -763,14 +780,16 @@ class TestClosing:
             gc.collect()
             return before, count_fds()
 
-        before, after = run(main())
+        before, after = await main()
         assert after <= before
 
 
 class TestLoopWakeups:
     """What the error queue wakes on each loop, and that the transport copes."""
 
-    def test_errqueue_raw_behaviour(self, run: Run, loop_name: str) -> None:
+    @pytest.mark.asyncio
+    async def test_errqueue_raw_behaviour(self) -> None:
+        loop_name = loop_kind()
         """Pin down what each loop does with EPOLLERR from a completion.
 
         The stdlib loop calls the reader every iteration until the error
@@ -806,13 +825,14 @@ class TestLoopWakeups:
             b.close()
             return fired, still_watched, readd
 
-        fired, still_watched, readd = run(main())
+        fired, still_watched, readd = await main()
         if loop_name == "asyncio":
             assert fired > 3 and still_watched and readd == "ok"
         else:
             assert fired == 1 and not still_watched and readd == "RuntimeError"
 
-    def test_reading_continues_after_completions(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_reading_continues_after_completions(self) -> None:
         """Replies keep arriving while completions come in (uvloop's re-arm)."""
         rounds, size = 40, 256 * KiB
 
@@ -832,12 +852,13 @@ class TestLoopWakeups:
             await sink.join()
             return sink, proto, stats
 
-        sink, proto, stats = run(main())
+        sink, proto, stats = await main()
         assert bytes(proto.received) == b"ok" * rounds
         assert stats.bytes_sent_zerocopy == rounds * size
         assert stats.zerocopy_sends_pending == 0
 
-    def test_completions_reaped_while_reading_paused(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_completions_reaped_while_reading_paused(self) -> None:
         async def main() -> None:
             sink = Sink()
             transport, proto = await connect(sink)
@@ -852,9 +873,10 @@ class TestLoopWakeups:
             await proto.lost
             await sink.join()
 
-        run(main())
+        await main()
 
-    def test_completions_reaped_after_peer_eof(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_completions_reaped_after_peer_eof(self) -> None:
         async def main() -> None:
             ours, theirs = tcp_pair()
             transport, proto = await aiozc.connect_accepted_socket(Writer, ours, config=ALWAYS)
@@ -879,13 +901,14 @@ class TestLoopWakeups:
             theirs.close()
             assert received == blob
 
-        run(main())
+        await main()
 
 
 class TestFlowControl:
     """Bytes not yet completed count as buffered."""
 
-    def test_pause_and_resume_follow_completions(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_pause_and_resume_follow_completions(self) -> None:
         async def main() -> tuple[Writer, list[int]]:
             gate = threading.Event()
             sink = Sink(gate=gate, rcvbuf=64 * KiB)
@@ -903,12 +926,13 @@ class TestFlowControl:
             await sink.join()
             return proto, sizes
 
-        proto, sizes = run(main())
+        proto, sizes = await main()
         assert sizes[0] == 4 * MiB
         assert proto.resumes == 1
         assert sizes[1] <= 16 * KiB  # the low-water mark
 
-    def test_stream_writer_drain(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_stream_writer_drain(self) -> None:
         blob = payload(8 * MiB, seed=21)
 
         async def main() -> tuple[Sink, int]:
@@ -924,7 +948,7 @@ class TestFlowControl:
             await sink.join()
             return sink, left
 
-        sink, left = run(main())
+        sink, left = await main()
         assert left == 0
         assert sink.digest == sha(blob)
 
@@ -947,8 +971,9 @@ class TestProxy:
     back out with MSG_ZEROCOPY to a client thread that hashes every byte.
     """
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("receive", ["always", "never"])
-    def test_forwards_views_without_user_space_copies(self, run: Run, receive: str) -> None:
+    async def test_forwards_views_without_user_space_copies(self, receive: str) -> None:
         zc_proxy = _load_proxy()
         data = payload(48 * MiB, seed=31)
 
@@ -974,7 +999,7 @@ class TestProxy:
             await server.wait_closed()
             return digest, proxy.reports[0]
 
-        digest, report = run(main())
+        digest, report = await main()
         assert digest == sha(data)
         client, target = report.client, report.target
         assert target.bytes_received == len(data) and report.forwarded == len(data)
@@ -988,10 +1013,11 @@ class TestProxy:
         assert client.zerocopy_sends_pending == 0
         assert report.copied_in_user_space == 0
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("send", ["auto", "always"])
-    def test_demo(self, run: Run, send: str) -> None:
+    async def test_demo(self, send: str) -> None:
         zc_proxy = _load_proxy()
-        report = run(zc_proxy.demo(16, ZCConfig(send_zerocopy=send)))  # type: ignore[arg-type]
+        report = await zc_proxy.demo(16, ZCConfig(send_zerocopy=send))  # type: ignore[arg-type]
         assert report.forwarded == 16 * MiB
         t = report.target
         assert t.bytes_sent_zerocopy + t.bytes_sent_copied == 16 * MiB

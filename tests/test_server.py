@@ -11,14 +11,12 @@ import asyncio
 import errno
 import socket
 import ssl
-from typing import Any
 
 import pytest
 
 from aiozc._connect import connect_accepted_socket, create_connection, create_server
-from aiozc._protocol import ZCProtocol
 from aiozc._server import Server
-from support import Echo, Run, ZCEcho
+from support import Echo, ZCEcho
 
 
 def _port(server: Server, i: int = 0) -> int:
@@ -35,7 +33,8 @@ async def _echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1
     return data
 
 
-def test_plain_protocol_echo_gets_loop_transport(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_plain_protocol_echo_gets_loop_transport() -> None:
     async def main() -> None:
         protocols: list[Echo] = []
 
@@ -53,10 +52,11 @@ def test_plain_protocol_echo_gets_loop_transport(run: Run) -> None:
             assert type(proto.transport).__name__ != "ZCTransport"
         assert server.sockets == ()
 
-    run(main())
+    await main()
 
 
-def test_sockets_are_transport_sockets(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_sockets_are_transport_sockets() -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0, keep_alive=True)
         (sock,) = server.sockets
@@ -67,10 +67,11 @@ def test_sockets_are_transport_sockets(run: Run) -> None:
         server.close()
         await server.wait_closed()
 
-    run(main())
+    await main()
 
 
-def test_wait_closed_waits_for_connections(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_wait_closed_waits_for_connections() -> None:
     async def main() -> None:
         protocols: list[Echo] = []
 
@@ -98,10 +99,11 @@ def test_wait_closed_waits_for_connections(run: Run) -> None:
         await protocols[0].lost
         await server.wait_closed()  # returns at once now
 
-    run(main())
+    await main()
 
 
-def test_wait_closed_waits_for_close(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_wait_closed_waits_for_close() -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0)
         waiter = asyncio.ensure_future(server.wait_closed())
@@ -110,11 +112,12 @@ def test_wait_closed_waits_for_close(run: Run) -> None:
         server.close()
         await waiter
 
-    run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
-def test_close_and_abort_clients(run: Run, how: str) -> None:
+async def test_close_and_abort_clients(how: str) -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0)
         clients = [await asyncio.open_connection("127.0.0.1", _port(server)) for _ in range(3)]
@@ -131,10 +134,11 @@ def test_close_and_abort_clients(run: Run, how: str) -> None:
                 assert how == "abort_clients"
             writer.close()
 
-    run(main())
+    await main()
 
 
-def test_serve_forever_cancel_closes(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_serve_forever_cancel_closes() -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0, start_serving=False)
         task = asyncio.ensure_future(server.serve_forever())
@@ -151,10 +155,11 @@ def test_serve_forever_cancel_closes(run: Run) -> None:
         with pytest.raises(RuntimeError, match="is closed"):
             await server.serve_forever()
 
-    run(main())
+    await main()
 
 
-def test_serve_forever_ends_on_close(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_serve_forever_ends_on_close() -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0)
         task = asyncio.ensure_future(server.serve_forever())
@@ -163,10 +168,11 @@ def test_serve_forever_ends_on_close(run: Run) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    run(main())
+    await main()
 
 
-def test_start_serving_false_does_not_listen(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_start_serving_false_does_not_listen() -> None:
     async def main() -> None:
         server = await create_server(Echo, "127.0.0.1", 0, start_serving=False)
         assert not server.is_serving()
@@ -180,20 +186,22 @@ def test_start_serving_false_does_not_listen(run: Run) -> None:
         with pytest.raises(RuntimeError, match="is closed"):
             await server.start_serving()
 
-    run(main())
+    await main()
 
 
-def test_many_connections_at_once(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_many_connections_at_once() -> None:
     async def main() -> None:
         async with await create_server(Echo, "127.0.0.1", 0, backlog=128) as server:
             payloads = [f"client {i}".encode() for i in range(64)]
             results = await asyncio.gather(*(_echo_once(_port(server), p) for p in payloads))
             assert results == payloads
 
-    run(main())
+    await main()
 
 
-def test_reuse_port(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_reuse_port() -> None:
     async def main() -> None:
         first = await create_server(Echo, "127.0.0.1", 0, reuse_port=True)
         port = _port(first)
@@ -207,10 +215,11 @@ def test_reuse_port(run: Run) -> None:
             server.close()
             await server.wait_closed()
 
-    run(main())
+    await main()
 
 
-def test_multiple_hosts(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_multiple_hosts() -> None:
     async def main() -> None:
         hosts = ["127.0.0.1", "127.0.0.2"]
         async with await create_server(Echo, hosts, 0) as server:
@@ -220,10 +229,11 @@ def test_multiple_hosts(run: Run) -> None:
                 host, port = sock.getsockname()
                 assert await _echo_once(port, b"hi %d" % i, host) == b"hi %d" % i
 
-    run(main())
+    await main()
 
 
-def test_ipv6_listener_is_v6only(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_ipv6_listener_is_v6only() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
 
@@ -237,10 +247,11 @@ def test_ipv6_listener_is_v6only(run: Run) -> None:
             assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
             assert await _echo_once(_port(server), host="::1") == b"ping"
 
-    run(main())
+    await main()
 
 
-def test_server_from_sock(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_server_from_sock() -> None:
     async def main() -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         async with await create_server(Echo, sock=listener) as server:
@@ -254,10 +265,11 @@ def test_server_from_sock(run: Run) -> None:
             with pytest.raises(ValueError, match="at the same time"):
                 await create_server(Echo, "127.0.0.1", 0, sock=udp)
 
-    run(main())
+    await main()
 
 
-def test_tls_refused(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_tls_refused() -> None:
     async def main() -> None:
         ctx = ssl.create_default_context()
         with pytest.raises(ValueError, match="ciphertext"):
@@ -269,7 +281,7 @@ def test_tls_refused(run: Run) -> None:
         with pytest.raises(ValueError, match="server_hostname"):
             await create_connection(Echo, "127.0.0.1", 1, server_hostname="example.org")
 
-    run(main())
+    await main()
 
 
 def _closed_port() -> int:
@@ -279,7 +291,8 @@ def _closed_port() -> int:
     return port
 
 
-def test_connect_refused(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_connect_refused() -> None:
     async def main() -> None:
         port = _closed_port()
         with pytest.raises(ConnectionRefusedError):
@@ -290,10 +303,11 @@ def test_connect_refused(run: Run) -> None:
         with pytest.raises(OSError):
             await create_connection(Echo, "localhost", port, happy_eyeballs_delay=0.1)
 
-    run(main())
+    await main()
 
 
-def test_happy_eyeballs(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_happy_eyeballs() -> None:
     async def main() -> None:
         async with await create_server(Echo, "127.0.0.1", 0) as server:
             port = _port(server)
@@ -304,10 +318,11 @@ def test_happy_eyeballs(run: Run) -> None:
             transport.close()
             await proto.lost
 
-    run(main())
+    await main()
 
 
-def test_create_connection_argument_errors(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_create_connection_argument_errors() -> None:
     async def main() -> None:
         with pytest.raises(ValueError, match="host and port was not specified"):
             await create_connection(Echo)
@@ -317,10 +332,11 @@ def test_create_connection_argument_errors(run: Run) -> None:
             with pytest.raises(ValueError, match="at the same time"):
                 await create_connection(Echo, "127.0.0.1", 1, sock=udp)
 
-    run(main())
+    await main()
 
 
-def test_create_connection_plain_protocol(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_create_connection_plain_protocol() -> None:
     async def main() -> None:
         async with await create_server(Echo, "127.0.0.1", 0) as server:
             port = _port(server)
@@ -340,10 +356,11 @@ def test_create_connection_plain_protocol(run: Run) -> None:
             transport.close()
             await proto.lost
 
-    run(main())
+    await main()
 
 
-def test_connect_accepted_socket_plain(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_connect_accepted_socket_plain() -> None:
     async def main() -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
@@ -356,13 +373,14 @@ def test_connect_accepted_socket_plain(run: Run) -> None:
             writer.close()
             await proto.lost
 
-    run(main())
+    await main()
 
 
 # ----------------------------------------------------------------- zerocopy
 
 
-def test_zc_server_tracks_connections(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_zc_server_tracks_connections() -> None:
     async def main() -> None:
         protocols: list[Echo] = []
 
@@ -385,10 +403,11 @@ def test_zc_server_tracks_connections(run: Run) -> None:
         assert await reader.read() == b""
         writer.close()
 
-    run(main())
+    await main()
 
 
-def test_zc_create_connection(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_zc_create_connection() -> None:
     async def main() -> None:
         async with await create_server(Echo, "127.0.0.1", 0) as server:
             transport, proto = await create_connection(ZCEcho, "127.0.0.1", _port(server))
@@ -397,10 +416,11 @@ def test_zc_create_connection(run: Run) -> None:
             transport.close()
             await proto.lost
 
-    run(main())
+    await main()
 
 
-def test_zc_connect_accepted_socket_refuses_tls(run: Run) -> None:
+@pytest.mark.asyncio
+async def test_zc_connect_accepted_socket_refuses_tls() -> None:
     async def main() -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
@@ -411,4 +431,4 @@ def test_zc_connect_accepted_socket_refuses_tls(run: Run) -> None:
             accepted.close()
             client.close()
 
-    run(main())
+    await main()

@@ -22,7 +22,7 @@ import pytest
 
 import aiozc
 from aiozc import ZCConfig
-from support import Peer, Run, payload, sha
+from support import Peer, payload, sha
 
 MiB = 1 << 20
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -57,9 +57,10 @@ async def with_reader(peer: Peer, body: Callable[[Reader], Awaitable[Any]],
 class TestIntegrity:
     """Every byte, through both APIs, from both kinds of peer."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("zerocopy_peer", [True, False])
     @pytest.mark.parametrize("api", ["bytes", "views"])
-    def test_random_reads(self, run: Run, zerocopy_peer: bool, api: str) -> None:
+    async def test_random_reads(self, zerocopy_peer: bool, api: str) -> None:
         data = payload(24 * MiB + 11, seed=21)
 
         async def body(reader: Reader) -> tuple[str, Any]:
@@ -80,8 +81,8 @@ class TestIntegrity:
             assert reader.at_eof()
             return hasher.hexdigest(), reader.stats
 
-        digest, stats = run(with_reader(Peer(data, zerocopy=zerocopy_peer), body,
-                                        ZCConfig(zerocopy="always")))
+        digest, stats = await with_reader(Peer(data, zerocopy=zerocopy_peer), body,
+                                        ZCConfig(zerocopy="always"))
         assert digest == sha(data)
         assert stats.bytes_received == len(data)
         if zerocopy_peer:
@@ -89,7 +90,8 @@ class TestIntegrity:
         else:
             assert stats.bytes_mapped == 0
 
-    def test_frames_mostly_zero_copy(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_frames_mostly_zero_copy(self) -> None:
         """32 KiB frames cut from 256 KiB receives: few need assembling."""
         frames = [payload(32 * 1024, seed=i) for i in range(256)]
         data = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
@@ -101,13 +103,14 @@ class TestIntegrity:
                     assert view == frame
             return reader.stats
 
-        stats = run(with_reader(Peer(data, zerocopy=False, max_write=1 << 22), body,
-                                ZCConfig(zerocopy="never")))
+        stats = await with_reader(Peer(data, zerocopy=False, max_write=1 << 22), body,
+                                ZCConfig(zerocopy="never"))
         assert stats.bytes_received == len(data)
         # A frame is assembled only when it straddles two receives.
         assert stats.bytes_assembled < 0.3 * len(data), stats
 
-    def test_readuntil_view_and_read_view(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_readuntil_view_and_read_view(self) -> None:
         lines = [payload(random.Random(i).randint(0, 5000), seed=i).replace(b"\n", b"")
                  + b"\n" for i in range(500)]
         data = b"".join(lines)
@@ -123,7 +126,7 @@ class TestIntegrity:
                 chunk.release()
             assert bytes(rest) == b"".join(lines[250:])
 
-        run(with_reader(Peer(data), body, ZCConfig(zerocopy="always")))
+        await with_reader(Peer(data), body, ZCConfig(zerocopy="always"))
 
 
 class TestAsyncioParity:
@@ -148,7 +151,8 @@ class TestAsyncioParity:
         out.append(("at_eof", reader.at_eof()))
         return out
 
-    def test_same_results(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_same_results(self) -> None:
         async def main() -> None:
             results = []
             for opener in (asyncio.open_connection, aiozc.open_connection):
@@ -160,9 +164,10 @@ class TestAsyncioParity:
                 await asyncio.get_running_loop().run_in_executor(None, peer.join)
             assert results[0] == results[1]
 
-        run(main())
+        await main()
 
-    def test_iteration(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_iteration(self) -> None:
         data = b"".join(b"line %d\n" % i for i in range(300)) + b"tail"
 
         async def main() -> None:
@@ -177,9 +182,10 @@ class TestAsyncioParity:
             assert results[0] == results[1]
             assert results[1][-1] == b"tail" and len(results[1]) == 301
 
-        run(main())
+        await main()
 
-    def test_limit_overrun(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_limit_overrun(self) -> None:
         """A line longer than the limit: ValueError, as asyncio (what is
         dropped with it depends on what was buffered, in asyncio too)."""
         data = b"short\n" + b"x" * 1000 + b"\nlast\n"
@@ -200,11 +206,12 @@ class TestAsyncioParity:
             await writer.wait_closed()
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
 
-        run(main())
+        await main()
 
 
 class TestFaults:
-    def test_eof_mid_frame(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_eof_mid_frame(self) -> None:
         data = payload(3 * MiB + 100)
 
         async def body(reader: Reader) -> None:
@@ -216,9 +223,10 @@ class TestFaults:
             assert info.value.expected == 4096
             assert reader.at_eof()
 
-        run(with_reader(Peer(data, finish="close"), body, ZCConfig(zerocopy="always")))
+        await with_reader(Peer(data, finish="close"), body, ZCConfig(zerocopy="always"))
 
-    def test_peer_reset(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_peer_reset(self) -> None:
         data = payload(2 * MiB)
 
         async def body(reader: Reader) -> None:
@@ -229,9 +237,10 @@ class TestFaults:
                         got += view
             assert data.startswith(bytes(got))
 
-        run(with_reader(Peer(data, finish="reset"), body, ZCConfig(zerocopy="always")))
+        await with_reader(Peer(data, finish="reset"), body, ZCConfig(zerocopy="always"))
 
-    def test_views_outlive_the_connection(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_views_outlive_the_connection(self) -> None:
         data = payload(4 * MiB)
 
         async def main() -> tuple[list[memoryview], Any]:
@@ -245,13 +254,14 @@ class TestFaults:
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             return views, stats
 
-        views, stats = run(main())
+        views, stats = await main()
         assert stats.bytes_mapped > 0
         assert b"".join(views) == data  # after close, with the peer gone
 
 
 class TestServer:
-    def test_rpc_example(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_rpc_example(self) -> None:
         rpc = load_example("rpc_streams")
 
         async def main() -> None:
@@ -262,9 +272,10 @@ class TestServer:
                 replies = await rpc.call("127.0.0.1", port, requests)
                 assert replies == [zlib.crc32(r) for r in requests]
 
-        run(main())
+        await main()
 
-    def test_start_server_echo_with_plain_client(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_start_server_echo_with_plain_client(self) -> None:
         async def handler(reader: Reader, writer: asyncio.StreamWriter) -> None:
             assert isinstance(reader, aiozc.ZCStreamReader)
             while line := await reader.readline():
@@ -282,12 +293,13 @@ class TestServer:
                 writer.close()
                 await writer.wait_closed()
 
-        run(main())
+        await main()
 
-    def test_datagram_socket_refused(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_datagram_socket_refused(self) -> None:
         async def main() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 with pytest.raises(ValueError, match="stream socket"):
                     await aiozc.open_connection(sock=udp)
 
-        run(main())
+        await main()

@@ -28,7 +28,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._engine import Receiver
 
-from support import Peer, Run, count_fds, count_maps, count_socket_maps, payload, sha
+from support import Peer, count_fds, count_maps, count_socket_maps, payload, sha
 
 MiB = 1 << 20
 
@@ -96,10 +96,11 @@ SIZES = [1, 4095, 4097, 3 * 65536 + 7, MiB + 3, 64 * MiB]
 class TestIntegrity:
     """Byte-exact delivery, hashed at both ends, for every path."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("size", SIZES)
-    def test_zerocopy_peer_always(self, run: Run, size: int) -> None:
+    async def test_zerocopy_peer_always(self, size: int) -> None:
         data = payload(size, seed=size)
-        proto, stats = run(receive(Peer(data, zerocopy=True), ZCConfig(zerocopy="always")))
+        proto, stats = await receive(Peer(data, zerocopy=True), ZCConfig(zerocopy="always"))
         assert proto.received == size == stats.bytes_received
         assert proto.digest == sha(data)
         assert proto.eof and proto.exc is None
@@ -110,20 +111,22 @@ class TestIntegrity:
             assert stats.mode == "zerocopy"
             assert stats.mapped_fraction > 0.8, stats
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("size", SIZES)
-    def test_plain_peer(self, run: Run, size: int) -> None:
+    async def test_plain_peer(self, size: int) -> None:
         data = payload(size, seed=size + 1)
-        proto, stats = run(receive(Peer(data, zerocopy=False), ZCConfig(zerocopy="always")))
+        proto, stats = await receive(Peer(data, zerocopy=False), ZCConfig(zerocopy="always"))
         assert proto.digest == sha(data) and proto.received == size
         # Nothing a plain send() sends over loopback can be mapped.
         assert stats.bytes_mapped == 0 and stats.bytes_copied == size
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("policy", ["never", "auto"])
     @pytest.mark.parametrize("zerocopy_peer", [True, False])
-    def test_policies(self, run: Run, policy: str, zerocopy_peer: bool) -> None:
+    async def test_policies(self, policy: str, zerocopy_peer: bool) -> None:
         data = payload(24 * MiB, seed=7)
         config = ZCConfig(zerocopy=policy, probe_bytes=MiB)  # type: ignore[arg-type]
-        proto, stats = run(receive(Peer(data, zerocopy=zerocopy_peer), config))
+        proto, stats = await receive(Peer(data, zerocopy=zerocopy_peer), config)
         assert proto.digest == sha(data)
         if policy == "never":
             assert stats.bytes_mapped == 0 and stats.mode == "copy"
@@ -138,7 +141,8 @@ class TestIntegrity:
             assert stats.mode == "copy" and stats.bytes_mapped == 0
             assert "mapped" in str(stats.fallback_reason)
 
-    def test_echo_and_write_eof(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_echo_and_write_eof(self) -> None:
         """The write side: echo a payload back, then half-close."""
 
         class Echo(ZCProtocol):
@@ -168,15 +172,16 @@ class TestIntegrity:
                 writer.close()
                 await writer.wait_closed()
 
-        run(main())
+        await main()
 
 
 class TestViews:
     """What the application may do with its views, and what it may not."""
 
-    def test_read_only(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_read_only(self) -> None:
         data = payload(2 * MiB)
-        proto, stats = run(receive(Peer(data), ZCConfig(zerocopy="always"), hold=True))
+        proto, stats = await receive(Peer(data), ZCConfig(zerocopy="always"), hold=True)
         assert stats.bytes_mapped > 0
         for view in proto.views:
             with pytest.raises(TypeError):
@@ -189,10 +194,11 @@ class TestViews:
                     again[0] = 0
         assert sha(b"".join(proto.views)) == sha(data)
 
-    def test_readable_after_close_and_peer_gone(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_readable_after_close_and_peer_gone(self) -> None:
         data = payload(8 * MiB, seed=3)
         windows_before = count_socket_maps()
-        proto, stats = run(receive(Peer(data), ZCConfig(zerocopy="always"), hold=True))
+        proto, stats = await receive(Peer(data), ZCConfig(zerocopy="always"), hold=True)
         # The transport is closed and the peer gone; the mapped pages stay.
         assert proto.transport.is_closing()
         assert stats.bytes_mapped > 0.8 * len(data)
@@ -206,15 +212,17 @@ class TestViews:
         assert proto.transport.stats.views_outstanding == 0
         assert count_socket_maps() == windows_before  # unmapped with the last view
 
-    def test_released_view_cannot_be_revived(self, run: Run) -> None:
-        proto, _ = run(receive(Peer(payload(MiB)), ZCConfig(zerocopy="always"), hold=True))
+    @pytest.mark.asyncio
+    async def test_released_view_cannot_be_revived(self) -> None:
+        proto, _ = await receive(Peer(payload(MiB)), ZCConfig(zerocopy="always"), hold=True)
         exporter = proto.views[0].obj
         for view in proto.views:
             view.release()
         with pytest.raises(BufferError, match="released"):
             memoryview(exporter)
 
-    def test_slices_keep_pages_alive(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_slices_keep_pages_alive(self) -> None:
         """Slices outlive their view while the window is recycled around them."""
         data = payload(48 * MiB, seed=4)
         # A small window forces regions to be zapped and reused many times.
@@ -242,24 +250,26 @@ class TestViews:
         def data_at(offset: int) -> bytes:
             return data[offset:offset + 90]
 
-        proto, stats = run(_receive_with(Slicer, Peer(data), config))
+        proto, stats = await _receive_with(Slicer, Peer(data), config)
         assert proto.digest == sha(data)
         assert stats.bytes_mapped > 0.8 * len(data)
         assert stats.regions_recycled > 16  # regions really were recycled
         assert len(checked) > 10
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("zerocopy_peer", [True, False])
-    def test_holding_every_view_exhausts_the_pool_safely(
-        self, run: Run, zerocopy_peer: bool
+    async def test_holding_every_view_exhausts_the_pool_safely(
+        self, zerocopy_peer: bool
     ) -> None:
         data = payload(24 * MiB, seed=5)
         config = ZCConfig(zerocopy="always", window_size=2 * MiB, max_pinned_bytes=4 * MiB)
-        proto, stats = run(receive(Peer(data, zerocopy=zerocopy_peer), config, hold=True))
+        proto, stats = await receive(Peer(data, zerocopy=zerocopy_peer), config, hold=True)
         assert sha(b"".join(proto.views)) == sha(data)
         assert stats.exhausted_receives > 0
         assert stats.bytes_pinned <= 4 * MiB + config.region_size + config.receive_size
 
-    def test_pause_policy_waits_for_released_views(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_pause_policy_waits_for_released_views(self) -> None:
         data = payload(16 * MiB, seed=6)
         config = ZCConfig(zerocopy="always", window_size=MiB, max_pinned_bytes=2 * MiB,
                           on_exhausted="pause")
@@ -297,7 +307,7 @@ class TestViews:
                 self.timer.cancel()
                 super().connection_lost(exc)
 
-        proto, stats = run(_receive_with(SlowReleaser, Peer(data), config))
+        proto, stats = await _receive_with(SlowReleaser, Peer(data), config)
         assert proto.digest == sha(data)
         assert stats.exhausted_receives > 0 and any(starved_seen)
         assert max(pinned) <= 2 * MiB + config.region_size + config.receive_size
@@ -317,7 +327,8 @@ async def _receive_with(
 class TestThreads:
     """Views may be released in any thread, while the loop keeps receiving."""
 
-    def test_views_released_in_worker_threads(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_views_released_in_worker_threads(self) -> None:
         data = payload(32 * MiB, seed=9)
         # A small window, so regions are recycled while workers release.
         config = ZCConfig(zerocopy="always", window_size=2 * MiB, region_size=256 * 1024)
@@ -330,7 +341,7 @@ class TestThreads:
                 workers.submit(lambda: bytes(data[:64]) and data.release())
 
         try:
-            proto, stats = run(_receive_with(Offloader, Peer(data), config))
+            proto, stats = await _receive_with(Offloader, Peer(data), config)
         finally:
             workers.shutdown(wait=True)
         assert proto.digest == sha(data)
@@ -346,20 +357,23 @@ class TestThreads:
 class TestFaults:
     """Faults reach the protocol through the standard callbacks, losing nothing."""
 
-    def test_eof_mid_stream(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_eof_mid_stream(self) -> None:
         # The peer stops halfway through what the application expects.
         data = payload(3 * MiB + 123)
-        proto, stats = run(receive(Peer(data, finish="close"), ZCConfig(zerocopy="always")))
+        proto, stats = await receive(Peer(data, finish="close"), ZCConfig(zerocopy="always"))
         assert proto.eof and proto.exc is None
         assert proto.digest == sha(data)
 
-    def test_eof_while_views_held(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_eof_while_views_held(self) -> None:
         data = payload(4 * MiB + 5)
-        proto, _ = run(receive(Peer(data), ZCConfig(zerocopy="always"), hold=True))
+        proto, _ = await receive(Peer(data), ZCConfig(zerocopy="always"), hold=True)
         assert proto.eof
         assert sha(b"".join(proto.views)) == sha(data)
 
-    def test_peer_reset(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_peer_reset(self) -> None:
         data = payload(6 * MiB)
 
         async def main() -> Collector:
@@ -372,14 +386,15 @@ class TestFaults:
             assert isinstance(proto, Collector)
             return proto
 
-        proto = run(main())
+        proto = await main()
         # Whatever arrived before the RST is intact; then the reset is reported.
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
         assert not proto.eof
         assert proto.received <= len(data)
         assert proto.digest == sha(data[:proto.received])
 
-    def test_pause_resume_under_load(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_pause_resume_under_load(self) -> None:
         data = payload(32 * MiB, seed=8)
 
         class Pauser(Collector):
@@ -395,12 +410,13 @@ class TestFaults:
                 self.paused = False
                 self.transport.resume_reading()
 
-        proto, stats = run(_receive_with(Pauser, Peer(data), ZCConfig(zerocopy="always")))
+        proto, stats = await _receive_with(Pauser, Peer(data), ZCConfig(zerocopy="always"))
         assert proto.digest == sha(data)
         assert proto.calls_while_paused == 0
         assert stats.bytes_mapped > 0
 
-    def test_data_received_error_closes_with_it(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_data_received_error_closes_with_it(self) -> None:
         class Boom(Collector):
             def data_received(self, data: memoryview) -> None:  # type: ignore[override]
                 raise ValueError("boom")
@@ -417,10 +433,11 @@ class TestFaults:
             assert isinstance(proto, Collector)
             return proto
 
-        proto = run(main())
+        proto = await main()
         assert isinstance(proto.exc, ValueError)
 
-    def test_unix_socket_falls_back_to_copy(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_unix_socket_falls_back_to_copy(self) -> None:
         """A socket the kernel cannot map (AF_UNIX) works, in copy mode."""
         data = payload(3 * MiB)
 
@@ -435,26 +452,28 @@ class TestFaults:
             theirs.close()
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         assert proto.digest == sha(data)
         assert stats.mode == "copy" and stats.bytes_mapped == 0
         assert stats.fallback_reason is not None
         assert "does not support" in stats.fallback_reason
 
-    def test_datagram_socket_refused(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_datagram_socket_refused(self) -> None:
         async def main() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 with pytest.raises(ValueError, match="stream socket"):
                     await aiozc.connect_accepted_socket(Collector, udp)
 
-        run(main())
+        await main()
 
 
 class TestPlainProtocols:
     """Protocols that are not ZCProtocols get asyncio's semantics exactly."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("kind", ["bytes", "buffered"])
-    def test_copy_path(self, run: Run, kind: str) -> None:
+    async def test_copy_path(self, kind: str) -> None:
         data = payload(4 * MiB + 17)
 
         class Plain(asyncio.Protocol):
@@ -498,7 +517,7 @@ class TestPlainProtocols:
             await loop.run_in_executor(None, peer.join)
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         assert sha(bytes(proto.got)) == sha(data)
         assert proto.types == {bytes}
         assert stats.mode == "copy" and stats.bytes_received == len(data)
@@ -508,7 +527,8 @@ class TestPlainProtocols:
 class TestLoad:
     """Many connections at once, and no leak after a thousand."""
 
-    def test_200_concurrent_connections(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_200_concurrent_connections(self) -> None:
         async def main() -> None:
             done: list[tuple[str, int]] = []
 
@@ -536,9 +556,10 @@ class TestLoad:
             await server.wait_closed()
             assert sorted(done) == sorted((sha(b), len(b)) for b in blobs)
 
-        run(main())
+        await main()
 
-    def test_no_fd_or_mapping_leak_after_1000_connections(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_no_fd_or_mapping_leak_after_1000_connections(self) -> None:
         async def main() -> None:
             server = await aiozc.create_server(
                 lambda: Collector(hold=True), "127.0.0.1", 0, backlog=256,
@@ -572,7 +593,7 @@ class TestLoad:
             # connection would show up as 1,000.
             assert maps1 <= maps0 + 8, (maps0, maps1)
 
-        run(main())
+        await main()
 
 
 class TestResetRace:
@@ -585,8 +606,9 @@ class TestResetRace:
     after the first read is a race.
     """
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("kind", ["views-copy", "views-map", "bytes", "buffered"])
-    def test_reset_with_bytes_queued(self, run: Run, kind: str) -> None:
+    async def test_reset_with_bytes_queued(self, kind: str) -> None:
         data = payload(400_000, seed=31)
 
         class Plain(asyncio.Protocol):
@@ -639,13 +661,14 @@ class TestResetRace:
             for _ in range(25):
                 await once()
 
-        run(main())
+        await main()
 
 
 class TestDropped:
     """A transport dropped unclosed warns and closes its socket, as asyncio's do."""
 
-    def test_dropped_transport_warns_and_closes(self, run: Run) -> None:
+    @pytest.mark.asyncio
+    async def test_dropped_transport_warns_and_closes(self) -> None:
         async def main() -> tuple[list[str], int]:
             with socket.create_server(("127.0.0.1", 0)) as listener:
                 transport, _ = await aiozc.create_connection(
@@ -665,7 +688,7 @@ class TestDropped:
             return [str(w.message) for w in caught if w.category is ResourceWarning], \
                 len(eof) if fd >= 0 else -1
 
-        messages, eof = run(main())
+        messages, eof = await main()
         assert any(m.startswith("unclosed transport <ZCTransport") for m in messages), messages
         assert eof == 0
 

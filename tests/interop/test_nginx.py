@@ -21,7 +21,6 @@ import pytest
 import aiozc
 import aiozc.anyio
 from aiozc import ZCConfig
-from support import Run
 
 from .conftest import MiB, Nginx, check_stats
 
@@ -69,7 +68,8 @@ async def hash_body(reader: aiozc.ZCStreamReader, length: int, chunk: int) -> st
     return hasher.hexdigest()
 
 
-def test_get_file(run: Run, nginx: Nginx, config: ZCConfig, policy: str) -> None:
+@pytest.mark.asyncio
+async def test_get_file(nginx: Nginx, config: ZCConfig, policy: str) -> None:
     """One GET with Connection: close; the body read in 1 MiB views."""
 
     async def main() -> tuple[str, int, Any]:
@@ -88,12 +88,13 @@ def test_get_file(run: Run, nginx: Nginx, config: ZCConfig, policy: str) -> None
         finally:
             await close_writer(writer)
 
-    digest, head_size, stats = run(main())
+    digest, head_size, stats = await main()
     assert digest == nginx.file.sha256
     check_stats(stats, policy, head_size + nginx.file.size)
 
 
-def test_pipelined_keep_alive(run: Run, nginx: Nginx, config: ZCConfig, policy: str) -> None:
+@pytest.mark.asyncio
+async def test_pipelined_keep_alive(nginx: Nginx, config: ZCConfig, policy: str) -> None:
     """Four requests in one write on a keep-alive connection: an unaligned
     range read in odd-sized views, a larger range as one view, the whole
     file as one view (larger than ``max_pinned_bytes``), then a small file.
@@ -144,7 +145,7 @@ def test_pipelined_keep_alive(run: Run, nginx: Nginx, config: ZCConfig, policy: 
         finally:
             await close_writer(writer)
 
-    digests, total, stats = run(main())
+    digests, total, stats = await main()
     assert digests == [nginx.file.slice_sha256(start, stop or size) for start, stop, _ in parts]
     check_stats(stats, policy, total)
 

@@ -20,7 +20,7 @@ import pytest
 
 import aiozc
 from aiozc import ZCConfig
-from support import Run
+from support import loop_kind
 
 from .conftest import KiB, MiB, BlockingRedis, Redis, check_stats, resp_command
 
@@ -103,7 +103,8 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-def test_pipelined_gets(run: Run, redis: Redis, stored: dict[bytes, str],
+@pytest.mark.asyncio
+async def test_pipelined_gets(redis: Redis, stored: dict[bytes, str],
                         config: ZCConfig, policy: str) -> None:
     keys = [b"interop:get:" + name for name in ORDER]
     request = b"".join(resp_command(b"GET", key) for key in keys)
@@ -128,18 +129,18 @@ def test_pipelined_gets(run: Run, redis: Redis, stored: dict[bytes, str],
         finally:
             await close_writer(writer)
 
-    digests, total, stats = run(main())
+    digests, total, stats = await main()
     assert digests == [stored.get(key) for key in keys]
     assert total == sum(map(reply_size, ORDER)) + len(b"+OK\r\n")
     check_stats(stats, policy, total)
 
 
-def test_set_through_aiozc_then_get(run: Run, redis: Redis, loop_name: str,
-                                    config: ZCConfig, policy: str) -> None:
+@pytest.mark.asyncio
+async def test_set_through_aiozc_then_get(redis: Redis, config: ZCConfig, policy: str) -> None:
     """SETs written by aiozc's writer (its MSG_ZEROCOPY send path for large
     bytes), GETs read back pipelined on the same connection, and the stored
     values checked again through a plain blocking socket."""
-    prefix = f"interop:set:{loop_name}:{policy}:".encode()
+    prefix = f"interop:set:{loop_kind()}:{policy}:".encode()
     values = {prefix + name: value_of(name, seed=2) for name in SIZES}
     sets = [resp_command(b"SET", key, value) for key, value in values.items()]
     gets = b"".join(resp_command(b"GET", key) for key in values)
@@ -159,7 +160,7 @@ def test_set_through_aiozc_then_get(run: Run, redis: Redis, loop_name: str,
             await close_writer(writer)
 
     try:
-        digests, stats = run(main())
+        digests, stats = await main()
         assert digests == [sha(value) for value in values.values()]
         with BlockingRedis(redis.port) as client:
             for key, value in values.items():

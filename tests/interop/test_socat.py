@@ -18,9 +18,10 @@ import threading
 import time
 from typing import IO, Any
 
+import pytest
+
 import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCStats
-from support import Run
 
 from .conftest import KiB, MiB, BigFile, check_stats
 
@@ -76,7 +77,8 @@ async def wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, bytes]:
     return proc.returncode, err
 
 
-def test_file_to_protocol(run: Run, socat: str, big_file: BigFile,
+@pytest.mark.asyncio
+async def test_file_to_protocol(socat: str, big_file: BigFile,
                           config: ZCConfig, policy: str) -> None:
     """``socat -u FILE:big.bin TCP:...`` into a ZCProtocol server."""
 
@@ -97,7 +99,7 @@ def test_file_to_protocol(run: Run, socat: str, big_file: BigFile,
             stats = await asyncio.wait_for(sinks[0].done, SEND_TIMEOUT)
             return sinks[0].hasher.hexdigest(), sinks[0].received, stats, status, err
 
-    digest, received, stats, status, err = run(main())
+    digest, received, stats, status, err = await main()
     assert status == 0, err
     assert received == big_file.size
     assert digest == big_file.sha256
@@ -123,7 +125,8 @@ def feed_slowly(pipe: IO[bytes], data: bytes, seed: int, errors: list[BaseExcept
             pipe.close()  # EOF: socat shuts down its side
 
 
-def test_slow_pipe_to_streams(run: Run, socat: str, config: ZCConfig, policy: str) -> None:
+@pytest.mark.asyncio
+async def test_slow_pipe_to_streams(socat: str, config: ZCConfig, policy: str) -> None:
     """socat relaying a pipe the test feeds in uneven, paused pieces, into an
     ``aiozc.start_server`` reader that takes views of assorted sizes."""
     data = random.Random(77).randbytes(6 * MiB + 12345)
@@ -182,7 +185,7 @@ def test_slow_pipe_to_streams(run: Run, socat: str, config: ZCConfig, policy: st
             assert connections == 1
             return digest, received, stats, status, err
 
-    digest, received, stats, status, err = run(main())
+    digest, received, stats, status, err = await main()
     assert status == 0, err
     assert received == len(data)
     assert digest == hashlib.sha256(data).hexdigest()
