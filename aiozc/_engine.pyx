@@ -79,6 +79,16 @@ cdef object _oserror(int err):
     return OSError(err, _os.strerror(err))
 
 
+# ZCStats.fallback_reason of a connection in mapping mode that has mapped
+# nothing (docs/kernel.md, "Which pages map").
+cdef str _NOTHING_MAPPED = (
+    "nothing has been mapped: every byte so far arrived in pages the kernel "
+    "cannot map (a peer that sends with plain send() over loopback, a NIC "
+    "without header split or an MTU that splits pages, payloads not "
+    "page-aligned); each receive still tries to map, and copies what it cannot"
+)
+
+
 cdef class Receiver:
     """Receives from one connected stream socket; see the module docstring.
 
@@ -128,6 +138,12 @@ cdef class Receiver:
 
     def stats(self):
         """A :class:`aiozc.ZCStats` snapshot."""
+        reason = self.policy.reason
+        if reason is None and self.bytes_received and not self.bytes_mapped:
+            # Mapping mode ('always', or 'auto' settled on mapping), yet
+            # nothing mapped: the peer's pages are not mappable.  The mode
+            # says 'zerocopy' and would leave the user guessing.
+            reason = _NOTHING_MAPPED
         return ZCStats(
             bytes_received=self.bytes_received,
             bytes_mapped=self.bytes_mapped,
@@ -136,7 +152,7 @@ cdef class Receiver:
             views_outstanding=self.pool.views,
             bytes_pinned=self.pool.pinned,
             mode="zerocopy" if self.policy.mode == MODE_ZC else "copy",
-            fallback_reason=self.policy.reason,
+            fallback_reason=reason,
             zap_calls=self.pool.zap_calls,
             regions_recycled=self.pool.regions_recycled,
             exhausted_receives=self.exhausted_receives,

@@ -33,8 +33,10 @@ class ZCStats:
     #: How the connection receives right now: ``'zerocopy'`` or ``'copy'``.
     mode: Literal["zerocopy", "copy"]
     #: Why the connection copies right now (``zerocopy='never'``, the
-    #: kernel or socket refused, or what ``auto`` measured); None while it
-    #: maps.
+    #: kernel or socket refused, or what ``auto`` measured).  In
+    #: ``'zerocopy'`` mode None while pages map; if bytes arrived and none
+    #: of them could be mapped (``bytes_mapped == 0``), it says so and why
+    #: that happens, though the connection keeps trying to map.
     fallback_reason: str | None
     #: madvise(MADV_DONTNEED) calls made to recycle regions, and regions
     #: recycled by them (more regions than calls means batching worked).

@@ -110,6 +110,7 @@ class TestIntegrity:
             # The kernel mapped the MSG_ZEROCOPY peer's pages.
             assert stats.mode == "zerocopy"
             assert stats.mapped_fraction > 0.8, stats
+            assert stats.fallback_reason is None, stats
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize("size", SIZES)
@@ -117,8 +118,13 @@ class TestIntegrity:
         data = payload(size, seed=size + 1)
         proto, stats = await receive(Peer(data, zerocopy=False), ZCConfig(zerocopy="always"))
         assert proto.digest == sha(data) and proto.received == size
-        # Nothing a plain send() sends over loopback can be mapped.
+        # Nothing a plain send() sends over loopback can be mapped; the
+        # mode stays 'zerocopy' (it keeps trying), and the stats say why
+        # nothing mapped.
         assert stats.bytes_mapped == 0 and stats.bytes_copied == size
+        assert stats.mode == "zerocopy", stats
+        assert str(stats.fallback_reason).startswith("nothing has been mapped"), stats
+        assert "plain send()" in str(stats.fallback_reason)
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize("policy", ["never", "auto"])

@@ -121,8 +121,12 @@ def check_stats(stats: ZCStats | None, policy: str, total: int) -> None:
         # only a kernel that refuses the feature makes it copy.
         if stats.mode == "copy":
             assert "failed with" in str(stats.fallback_reason), stats
-        else:
+        elif stats.bytes_mapped:
             assert stats.fallback_reason is None, stats
+        else:
+            # These servers send with plain send(): nothing maps over
+            # loopback, and the stats say so.
+            assert str(stats.fallback_reason).startswith("nothing has been mapped"), stats
 
 
 # -- data ------------------------------------------------------------------------------
