@@ -896,6 +896,10 @@ async def create_tcp_listener(
     first family the resolver lists (usually ``0.0.0.0``); pass
     ``family=socket.AF_INET6`` (or ``local_host="::"``) for IPv6, and wrap
     several listeners in ``anyio.streams.stapled.MultiListener`` for both.
+    (Deliberately: one socket means one :class:`ZCSocketListener`, with
+    ``accept()`` and a single type to annotate, where anyio's
+    ``MultiListener`` has neither; and a dual-stack socket would report
+    IPv4 peers as ``::ffff:a.b.c.d``, unlike anyio's listeners.)
     SO_REUSEADDR is set, SO_REUSEPORT with ``reuse_port=True``, and an IPv6
     socket is IPv6-only.  ``config`` is given to every accepted connection.
     """
