@@ -19,8 +19,8 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_SetFromErrno
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
-from libc.errno cimport (EAGAIN, EINTR, EINVAL, EIO, ENOPROTOOPT, EOPNOTSUPP,
-                         errno)
+from libc.errno cimport (EACCES, EAGAIN, EINTR, EINVAL, EIO, ENOPROTOOPT, ENOSYS,
+                         EOPNOTSUPP, EPERM, errno)
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -514,7 +514,14 @@ cdef class Receiver:
             err = errno
             if err == EIO:
                 return _EOF
-            if err == ENOPROTOOPT or err == EOPNOTSUPP or (err == EINVAL and not self.zc_worked):
+            # The feature is missing (ENOPROTOOPT, EOPNOTSUPP), or refused
+            # before it ever worked on this socket: EINVAL (an old kernel's
+            # struct), or EPERM/EACCES/ENOSYS, which no kernel returns here
+            # but a seccomp filter or an LSM does (containers): the
+            # connection copies for good, and says why, rather than dying.
+            if err == ENOPROTOOPT or err == EOPNOTSUPP or (
+                    not self.zc_worked and (err == EINVAL or err == EPERM
+                                            or err == EACCES or err == ENOSYS)):
                 self.policy.copy_for_good(err, "getsockopt(TCP_ZEROCOPY_RECEIVE)")
                 return self._copy_round(self.receive_size)
             PyErr_SetFromErrno(OSError)

@@ -8,7 +8,10 @@ the mapped cases use MSG_ZEROCOPY peers and assert that pages mapped.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
+import platform
 import socket
 import subprocess
 import sys
@@ -376,6 +379,90 @@ class TestWindowCannotBeMapped:
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
         assert "fell back: mmap() of the socket failed" in proc.stdout, proc.stdout
+
+
+# getsockopt(TCP_ZEROCOPY_RECEIVE) refused as a container's seccomp profile
+# (or an LSM) refuses it: a seccomp filter in the child process makes
+# getsockopt(..., optname 35, ...) fail with the errno given.  x86_64 only
+# (the syscall number); the filter checks nothing else.
+SECCOMP_REFUSES = """
+import asyncio, ctypes, errno, socket, struct, sys, threading
+import aiozc
+from aiozc.testing import ZeroCopySender
+
+DATA = bytes(range(256)) * 16384   # 4 MiB: past auto's first MiB too
+
+def refuse_zerocopy_getsockopt(err):
+    LD, JEQ, RET = 0x20, 0x15, 0x06                # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
+    ALLOW, ERRNO = 0x7FFF0000, 0x00050000
+    prog = [(LD, 0, 0, 0), (JEQ, 0, 3, 55),        # nr == getsockopt (x86_64)
+            (LD, 0, 0, 32), (JEQ, 0, 1, 35),       # optname == TCP_ZEROCOPY_RECEIVE
+            (RET, 0, 0, ERRNO | err), (RET, 0, 0, ALLOW)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0         # PR_SET_NO_NEW_PRIVS
+    fprog = Prog(len(prog), ctypes.addressof(code))
+    assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+
+def peer(listener):
+    conn, _ = listener.accept()
+    with conn:
+        sender = ZeroCopySender(conn, zerocopy=True)
+        sender.send(DATA)
+        sender.flush()
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(30)
+        while conn.recv(65536):
+            pass
+
+class Sink(aiozc.ZCProtocol):
+    def __init__(self):
+        self.got = bytearray()
+        self.done = asyncio.get_running_loop().create_future()
+    def data_received(self, data):
+        with data:
+            self.got += data
+    def connection_lost(self, exc):
+        self.done.set_result(exc)
+
+async def main(policy):
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=peer, args=(listener,), daemon=True).start()
+    transport, proto = await aiozc.create_connection(
+        Sink, "127.0.0.1", listener.getsockname()[1],
+        config=aiozc.ZCConfig(zerocopy=policy, probe_after_bytes=1 << 20))
+    exc = await proto.done
+    stats = transport.stats
+    assert exc is None, exc
+    assert bytes(proto.got) == DATA
+    assert stats.bytes_mapped == 0 and stats.mode == "copy", stats
+    print(policy, "fell back:", stats.fallback_reason)
+
+refuse_zerocopy_getsockopt(getattr(errno, sys.argv[2]))
+for policy in ("always", "auto"):
+    if sys.argv[1] == "uvloop":
+        import uvloop
+        uvloop.run(main(policy))
+    else:
+        asyncio.run(main(policy))
+"""
+
+
+class TestZerocopyRefusedBySeccomp:
+    """A seccomp profile that refuses getsockopt(TCP_ZEROCOPY_RECEIVE)
+    (EPERM, or ENOSYS): the connection copies, says why, loses nothing."""
+
+    @pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter uses x86_64's syscall number")
+    @pytest.mark.parametrize("err", ["EPERM", "ENOSYS", "EACCES"])
+    def test_copies_and_says_why(self, loop_name: str, err: str) -> None:
+        proc = subprocess.run([sys.executable, "-c", SECCOMP_REFUSES, loop_name, err],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        reason = f"getsockopt(TCP_ZEROCOPY_RECEIVE) failed with {os.strerror(getattr(errno, err))}"
+        for policy in ("always", "auto"):
+            assert f"{policy} fell back: {reason}" in proc.stdout, proc.stdout
 
 
 ANYIO_BACKENDS = [
