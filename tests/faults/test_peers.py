@@ -1,7 +1,7 @@
 """Hostile peers: resets mid-frame, SIGKILL, vanishing, half-closes,
 one-byte trickles and 64 MiB bursts into a tiny receive buffer.
 
-Every case runs on the stdlib loop and on uvloop (``run``), over the three
+Every case runs on the stdlib loop and on uvloop (asyncio tests), over the three
 links (``link``: veth MTU 1500, veth MTU 4148, loopback MTU 65536), against
 a real peer in another network namespace where the link has one.  Every
 byte received is compared with what the peer sent, at its offset
@@ -135,7 +135,8 @@ def assert_mapped(link: Link, stats: aiozc.ZCStats) -> None:
 class TestReset:
     """The peer resets (RST) in the middle of a frame."""
 
-    def test_views_up_to_the_reset(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_views_up_to_the_reset(self, link: Link, tally: Tally) -> None:
         """Every byte the peer sent before its RST is delivered, then the reset."""
         frames = (40 if LONG else 20)
         total = frames * FRAME + FRAME // 2
@@ -153,14 +154,15 @@ class TestReset:
             await join(peer)
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         proto.checker.check(total)
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
         assert not proto.eof
         assert_mapped(link, stats)
         tally.verified(total, faults=1)
 
-    def test_stream_reader_frames_then_reset(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_stream_reader_frames_then_reset(self, link: Link, tally: Tally) -> None:
         frames = (40 if LONG else 20)
         total = frames * FRAME + FRAME // 2
 
@@ -188,10 +190,11 @@ class TestReset:
             await join(peer)
             return read
 
-        read = run(main())
+        read = await main()
         tally.verified(read * FRAME, faults=1)
 
-    def test_reset_while_paused(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_reset_while_paused(self, link: Link, tally: Tally) -> None:
         """A reset that arrives while the application paused reading loses
         none of the bytes queued before it."""
         total = 48 * 1024 + 5  # fits the receive window: all acked before the RST
@@ -217,7 +220,7 @@ class TestReset:
                 transport.abort()
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         proto.checker.check(total)
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
         # The error came with the first mapping call while bytes were still
@@ -232,7 +235,8 @@ class TestReset:
 class TestKilled:
     """The peer process is SIGKILLed: the kernel closes its socket for it."""
 
-    def test_killed_mid_stream(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_killed_mid_stream(self, link: Link, tally: Tally) -> None:
         """Killed while sending, with bytes of ours unread: a reset.  Every
         byte that arrived is the peer's, in order."""
 
@@ -253,13 +257,14 @@ class TestKilled:
             await until_lost(proto)
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         proto.checker.check()
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
         assert_mapped(link, stats)
         tally.verified(proto.received, faults=1)
 
-    def test_killed_after_sending(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_killed_after_sending(self, link: Link, tally: Tally) -> None:
         """Killed once everything was sent, nothing of ours unread: a FIN,
         and every byte arrives."""
         total = BULK + 12345
@@ -278,7 +283,7 @@ class TestKilled:
             await until_lost(proto)
             return proto
 
-        proto = run(main())
+        proto = await main()
         proto.checker.check(total)
         assert proto.eof and proto.exc is None
         tally.verified(total, faults=1)
@@ -289,8 +294,9 @@ class TestVanished:
     arrives.  The application gives up after a silence and closes; nothing
     hangs, nothing leaks, every byte that arrived is right."""
 
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("api", ["protocol", "streams"])
-    def test_vanished_peer(self, run: Any, veth_link: Link, tally: Tally, api: str) -> None:
+    async def test_vanished_peer(self, veth_link: Link, tally: Tally, api: str) -> None:
         link = veth_link
         total = 4 * MiB + 77
 
@@ -354,7 +360,7 @@ class TestVanished:
                 await loop.run_in_executor(None, link_up, link)
             return received
 
-        received = run(main())
+        received = await main()
         tally.verified(received, faults=1)
 
 
@@ -366,7 +372,8 @@ def _reply(data_len: int, digest: str) -> bytes:
 
 
 class TestHalfClose:
-    def test_peer_half_closes_then_reads_our_reply(self, run: Any, link: Link,
+    @pytest.mark.asyncio
+    async def test_peer_half_closes_then_reads_our_reply(self, link: Link,
                                                    tally: Tally) -> None:
         """The peer sends, shuts its side (FIN), then waits for a reply: the
         receiver answers after EOF on the same connection."""
@@ -405,13 +412,14 @@ class TestHalfClose:
             await join(peer)  # the peer checked our reply
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         proto.checker.check(total)
         assert proto.eof and proto.exc is None
         assert_mapped(link, stats)
         tally.verified(total, faults=1)
 
-    def test_we_half_close_then_receive(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_we_half_close_then_receive(self, link: Link, tally: Tally) -> None:
         """The receiver sends a request and shuts its side first; the peer
         answers after our FIN, and reading (mapping) goes on."""
         total = BULK + 5
@@ -444,7 +452,7 @@ class TestHalfClose:
             assert await join(peer) == hasher.hexdigest()
             return received, hasher.hexdigest(), stats
 
-        received, digest, stats = run(main())
+        received, digest, stats = await main()
         assert received == total
         assert_mapped(link, stats)
         tally.verified(total, faults=1)
@@ -470,7 +478,8 @@ def trickle(conn: socket.socket, stream: Stream, n: int) -> str:
 class TestTrickle:
     TRICKLE = (64 if LONG else 12) * 1024
 
-    def test_one_byte_at_a_time_then_a_flood(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_one_byte_at_a_time_then_a_flood(self, link: Link, tally: Tally) -> None:
         """Thousands of one-byte segments, then a zerocopy flood: the
         receiver keeps every byte and maps again after the trickle."""
         flood = BULK
@@ -499,14 +508,15 @@ class TestTrickle:
             await join(peer)
             return proto, transport.stats, calls_in_trickle
 
-        proto, stats, calls = run(main())
+        proto, stats, calls = await main()
         proto.checker.check(self.TRICKLE + flood)
         # The pauses alone make 24 separate arrivals; in practice hundreds.
         assert calls >= self.TRICKLE // 512, calls
         assert_mapped(link, stats)
         tally.verified(self.TRICKLE + flood, faults=1)
 
-    def test_frames_from_a_trickle(self, run: Any, link: Link, tally: Tally) -> None:
+    @pytest.mark.asyncio
+    async def test_frames_from_a_trickle(self, link: Link, tally: Tally) -> None:
         """A stream reader waiting for frames that arrive a byte at a time."""
         size = 3000
         count = self.TRICKLE // size
@@ -528,7 +538,7 @@ class TestTrickle:
             await writer.wait_closed()
             await join(peer)
 
-        run(main())
+        await main()
         tally.verified(size * count, faults=1)
 
 
@@ -536,7 +546,8 @@ class TestTrickle:
 
 
 class TestBurst:
-    def test_64_mib_burst_into_a_tiny_receive_buffer(self, run: Any, link: Link,
+    @pytest.mark.asyncio
+    async def test_64_mib_burst_into_a_tiny_receive_buffer(self, link: Link,
                                                      tally: Tally) -> None:
         """One 64 MiB send into SO_RCVBUF=16 KiB (32 KiB after the kernel
         doubles it).  (Smaller buffers stall TCP itself at MTU 1500: the
@@ -562,7 +573,7 @@ class TestBurst:
             await join(peer)
             return proto, transport.stats
 
-        proto, stats = run(main())
+        proto, stats = await main()
         proto.checker.check(BURST)
         assert proto.eof and proto.exc is None
         tally.verified(BURST, faults=1)

@@ -14,7 +14,7 @@ bounds, the pause policy, 'auto' with short probes, copying only).
   points with every read method.
 
 Both check every byte against the peer's stream, and that each example
-leaves no fd or socket mapping behind.  Both loops (``run``).
+leaves no fd or socket mapping behind.  Both loops (asyncio tests).
 ``AIOZC_FAULTS_LONG=1`` runs ten times as many examples.
 """
 
@@ -184,11 +184,12 @@ def links_by_name(all_links: list[Link]) -> list[Link]:
 LINK = st.integers(0, 2)
 
 
+@pytest.mark.asyncio
 @SETTINGS
 @given(link_at=LINK, writes=WRITES, zerocopy=st.booleans(),
        config=st.sampled_from(sorted(CONFIGS)),
        pattern=st.lists(HOLD, min_size=1, max_size=16))
-def test_views(run: Any, links_by_name: list[Link], tally: Tally, link_at: int,
+async def test_views(links_by_name: list[Link], tally: Tally, link_at: int,
                writes: list[int], zerocopy: bool, config: str, pattern: list[str]) -> None:
     link = links_by_name[link_at % len(links_by_name)]
     total = sum(writes)
@@ -221,7 +222,7 @@ def test_views(run: Any, links_by_name: list[Link], tally: Tally, link_at: int,
 
     gc.collect()
     before = count_fds(), count_socket_maps()
-    proto, stats = run(main())
+    proto, stats = await main()
     proto.checker.check(total)
     assert proto.exc is None, proto.exc
     assert stats.bytes_received == total
@@ -250,13 +251,14 @@ _FOUND_READS = [("read", 798), ("readexactly_view", 4096), ("read", 1), ("read",
                 ("readexactly", 2), ("readexactly", 6547)]
 
 
+@pytest.mark.asyncio
 @SETTINGS
 @given(link_at=LINK, writes=WRITES, zerocopy=st.booleans(),
        config=st.sampled_from(sorted(CONFIGS)),
        reads=st.lists(st.tuples(READS, SPLIT), min_size=1, max_size=12))
 @example(link_at=2, writes=_FOUND_WRITES, zerocopy=True, config="pause", reads=_FOUND_READS)
 @example(link_at=1, writes=_FOUND_WRITES, zerocopy=False, config="pause", reads=_FOUND_READS)
-def test_reader_splits(run: Any, links_by_name: list[Link], tally: Tally, link_at: int,
+async def test_reader_splits(links_by_name: list[Link], tally: Tally, link_at: int,
                        writes: list[int], zerocopy: bool, config: str,
                        reads: list[tuple[str, int]]) -> None:
     link = links_by_name[link_at % len(links_by_name)]
@@ -339,7 +341,7 @@ def test_reader_splits(run: Any, links_by_name: list[Link], tally: Tally, link_a
 
     gc.collect()
     before = count_fds(), count_socket_maps()
-    got = run(main())
+    got = await main()
     assert got == total
     _leak_check(before)
     tally.verified(total)

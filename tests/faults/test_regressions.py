@@ -144,8 +144,9 @@ class Counter(ZCProtocol):
         self.lost.set_result(None)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("policy", ["always", "auto", "never"])
-def test_bytes_queued_before_a_reset_are_delivered(run: Any, policy: str) -> None:
+async def test_bytes_queued_before_a_reset_are_delivered(policy: str) -> None:
     async def main() -> Counter:
         ours, theirs = _pair()
         transport, proto = await aiozc.create_connection(
@@ -158,7 +159,7 @@ def test_bytes_queued_before_a_reset_are_delivered(run: Any, policy: str) -> Non
         await proto.lost
         return proto
 
-    proto = run(main())
+    proto = await main()
     assert isinstance(proto.exc, ConnectionResetError), proto.exc
     assert proto.received == QUEUED
 
@@ -222,7 +223,8 @@ async def _until_starved(transport: aiozc.ZCTransport, timeout: float = 30.0) ->
         await asyncio.sleep(0.005)
 
 
-def test_pause_policy_pauses_instead_of_spinning(run: Any) -> None:
+@pytest.mark.asyncio
+async def test_pause_policy_pauses_instead_of_spinning() -> None:
     """Views held past max_pinned_bytes, with bytes the kernel cannot map:
     reading must pause (a few receive calls), not spin."""
 
@@ -260,13 +262,14 @@ def test_pause_policy_pauses_instead_of_spinning(run: Any) -> None:
             sending.stop()
         return held, idle_calls, proto.received
 
-    held, idle_calls, received = run(main())
+    held, idle_calls, received = await main()
     assert held < 4 << 20
     assert idle_calls < 100, f"{idle_calls} receive calls in 0.5 s while starved"
     assert received == 4 << 20
 
 
-def test_stream_reader_frame_larger_than_the_pinned_bound(run: Any) -> None:
+@pytest.mark.asyncio
+async def test_stream_reader_frame_larger_than_the_pinned_bound() -> None:
     """Found by test_random.py::test_reader_splits, reduced: copy slabs of
     256 KiB, 256 KiB pinnable.  The reader holds the start of the stream
     (readexactly(1) queued a whole receive), then waits for a 300 KiB frame:
@@ -295,7 +298,7 @@ def test_stream_reader_frame_larger_than_the_pinned_bound(run: Any) -> None:
             sending.stop()
         return first + frame
 
-    assert run(main()) == data[:1 + 300 * 1024]
+    assert (await main()) == data[:1 + 300 * 1024]
 
 
 def test_release_after_the_loop_closed_under_a_starved_transport(loop_name: str) -> None:
@@ -338,8 +341,9 @@ def test_release_after_the_loop_closed_under_a_starved_transport(loop_name: str)
     assert not unraisable, unraisable
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("policy", ["never", "always"])
-def test_reset_behind_more_than_a_pump_budget(run: Any, policy: str) -> None:
+async def test_reset_behind_more_than_a_pump_budget(policy: str) -> None:
     size = 3 << 20  # three times Receiver's PUMP_BUDGET
 
     async def main() -> Counter:
@@ -367,7 +371,7 @@ def test_reset_behind_more_than_a_pump_budget(run: Any, policy: str) -> None:
             raise AssertionError(f"hung after {proto.received} of {size} bytes") from None
         return proto
 
-    proto = run(main())
+    proto = await main()
     assert isinstance(proto.exc, ConnectionResetError), proto.exc
     assert proto.received == size
 
