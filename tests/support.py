@@ -6,8 +6,8 @@ in tests/ and for the packages tests/faults and tests/interop alike); the
 fault suite's child processes get tests/ on their ``PYTHONPATH``.
 tests/conftest.py keeps only the fixtures, built on these.
 
-* ``LOOPS`` and ``Run``: the event loops every test runs on, and the type of
-  the ``run`` fixture that runs a coroutine on one of them.
+* ``LOOPS`` and ``loop_kind``: the event loops every asyncio test runs on
+  (conftest's pytest-asyncio hook), and which one a test is running on.
 * ``Echo`` and ``ZCEcho``: echo protocols, plain and zerocopy.
 * ``Peer``: a blocking peer in a thread that sends with MSG_ZEROCOPY (pages
   the kernel can map) or with plain sendmsg (pages it cannot).
@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.SelectorEventLoop,
     "uvloop": uvloop.new_event_loop,
 }
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 def loop_kind() -> str:
