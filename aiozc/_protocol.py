@@ -35,8 +35,8 @@ class ZCProtocol(_Base):
 
     Subclass it and override :meth:`data_received` (and, as with
     ``asyncio.Protocol``, :meth:`connection_made`, :meth:`eof_received`,
-    :meth:`connection_lost`, ``pause_writing`` and ``resume_writing``).  Build connections with
-    :func:`aiozc.create_connection`, :func:`aiozc.create_server`,
+    ``connection_lost``, ``pause_writing`` and ``resume_writing``).  Build
+    connections with :func:`aiozc.create_connection`, :func:`aiozc.create_server`,
     :func:`aiozc.connect_accepted_socket`, or the methods of a loop from
     :func:`aiozc.new_event_loop`; each gives a ZCProtocol a
     :class:`aiozc.ZCTransport`.

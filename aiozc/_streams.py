@@ -102,15 +102,13 @@ class ZCStreamReader(asyncio.StreamReader):
         Raises :exc:`RuntimeError` while the reader has no zerocopy
         transport (a reader made by hand and not yet connected).
         """
-        transport = self._transport
-        stats = getattr(transport, "stats", None)
-        if not isinstance(stats, ZCStats):
-            raise RuntimeError(
-                "this ZCStreamReader has no zerocopy transport: use one made by "
-                "aiozc.open_connection() or aiozc.start_server()"
-            )
-        return dataclasses.replace(
-            stats, bytes_assembled=self._views.bytes_assembled
+        stats = getattr(self._transport, "stats", None)
+        if isinstance(stats, ZCStats):
+            return dataclasses.replace(stats, bytes_assembled=self._views.bytes_assembled)
+        # (A state, not a type, is wrong: the reader is not connected yet.)
+        raise RuntimeError(
+            "this ZCStreamReader has no zerocopy transport: use one made by "
+            "aiozc.open_connection() or aiozc.start_server()"
         )
 
     # -- fed by the protocol -------------------------------------------------
