@@ -54,7 +54,7 @@ cdef class Receiver:
     cdef Py_ssize_t _gather_round(self) except? _ERROR
     cdef int _raise_deferred(self) except -1
     cdef bint _error_pending(self) except -1
-    cdef int _raise_pending_error(self) except -1
+    cdef bint _still_queued(self) noexcept
     cdef Py_ssize_t _zc_round(self) except? _ERROR
     cdef Py_ssize_t _recv(self, char *buf, size_t room) except? _ERROR
     cdef Py_ssize_t _copy_round(self, size_t limit) except? _ERROR

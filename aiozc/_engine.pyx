@@ -32,9 +32,9 @@ cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject **o, Py_ssize_t n)
 
 from aiozc._kernel cimport (AIOZC_TCP_ZEROCOPY_RECEIVE, AIOZC_ZC_FLAG_TLB_CLEAN_HINT,
-                            IPPROTO_TCP, SO_ERROR, SOL_SOCKET, aiozc_thread_cpu_ns,
-                            aiozc_touch, aiozc_zc_receive, getsockopt, recv,
-                            socklen_t)
+                            FIONREAD, IPPROTO_TCP, SO_ERROR, SOL_SOCKET,
+                            aiozc_thread_cpu_ns, aiozc_touch, aiozc_zc_receive,
+                            getsockopt, ioctl, recv, socklen_t)
 from aiozc._policy cimport MODE_COPY, MODE_ZC, PH_PROBE, POLICY_AUTO, Policy
 from aiozc._pool cimport KIND_FRAME, KIND_REGION, KIND_SLAB, Budget, Pool
 
@@ -97,7 +97,7 @@ cdef class Receiver:
     called with each read-only memoryview in stream order.
     ``eager_errors``: the event loop stops watching a socket once it reports
     an error (libuv; see aiozc/_quirks.py), so socket errors are collected
-    without waiting to be told (see _raise_pending_error).
+    without waiting to be told (see _error_pending).
     """
 
     def __cinit__(self, int fd, config, sink=None, *, bint eager_errors=False,
@@ -392,23 +392,31 @@ cdef class Receiver:
                 n = self._copy_round(self.receive_size)
             if n < 0:
                 if n == _EOF and self.deferred_err:
+                    if self._still_queued():
+                        continue  # see _still_queued
                     self._raise_deferred()
                 if n == _STARVED and total:
                     return total
                 return n
             if n == 0:
                 if self.deferred_err:
+                    if self._still_queued():
+                        continue
                     self._raise_deferred()
                 break
             total += n
             if self._drained:
                 # The kernel said nothing is left (inq == 0, or recv()
                 # returned less than asked for): another call would only
-                # find the queue empty.
-                if self.deferred_err:
+                # find the queue empty.  An error waiting (deferred, or
+                # collected now on loops that need it: _error_pending) is
+                # raised once the queue is really empty (_still_queued).
+                if self.deferred_err or (self.eager_errors and self._last_recv
+                                         and self._error_pending()):
+                    if self._still_queued():
+                        self._drained = False
+                        continue
                     self._raise_deferred()
-                if self.eager_errors and self._last_recv:
-                    self._raise_pending_error()
                 break
         return total
 
@@ -442,16 +450,28 @@ cdef class Receiver:
     # error pending, and no further readiness is ever reported: the
     # connection would hang instead of failing.  So on such loops, a copy
     # receive that drained the queue collects a pending socket error at
-    # once (getsockopt(SO_ERROR), which also clears it) and raises it,
-    # after delivering the bytes; and a pump that reaches its budget with
-    # bytes still queued checks SO_ERROR too (_error_pending), reading on to
-    # the error if there is one.  (A mapping call reports the error itself.)
-    cdef int _raise_pending_error(self) except -1:
-        cdef int err = 0
-        cdef socklen_t elen = sizeof(int)
-        if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 and err:
-            raise _oserror(err)
-        return 0
+    # once (getsockopt(SO_ERROR), which also clears it: _error_pending) and
+    # raises it, after delivering the bytes; and a pump that reaches its
+    # budget with bytes still queued checks SO_ERROR too, reading on to the
+    # error if there is one.  (A mapping call reports the error itself.)
+    #
+    # "Drained" is the kernel's word at the moment of the call (inq == 0,
+    # or recv() returning less than asked), and it can be wrong by the time
+    # an error is raised: segments that arrived while the call held the
+    # socket wait in its backlog, which the kernel moves to the queue only
+    # as the call returns (a non-blocking recv() stops at the end of the
+    # queue rather than process the backlog, and EAGAIN can come with a
+    # backlog too).  Raising then loses those bytes: the reset comes after
+    # them in the stream, and the application never reads them (seen with
+    # a reset behind 50-470 KB, over veth with two busy processes beside
+    # it: 4 runs in 40).  So before raising, the queue is asked once more
+    # (FIONREAD, after the backlog was processed); bytes there are read
+    # first.  One ioctl per error, none on the normal path.
+    cdef bint _still_queued(self) noexcept:
+        cdef int queued = 0
+        if ioctl(self.fd, FIONREAD, &queued) != 0:
+            return False
+        return queued > 0
 
     # -- the two paths -------------------------------------------------------
 
@@ -580,7 +600,7 @@ cdef class Receiver:
             # cleared by reading it, so it is raised exactly once: now if
             # the queue is empty, else once it is (_raise_deferred).
             err = -self.zc.err if self.zc.err < 0 else self.zc.err
-            if self.zc.inq == 0 and not skip:
+            if self.zc.inq == 0 and not skip and not self._still_queued():
                 raise _oserror(err)
             self.deferred_err = err
         if mapped:

@@ -11,6 +11,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <errno.h>
     #include <time.h>
+    #include <sys/ioctl.h>
     #include <sys/mman.h>
     #include <sys/socket.h>
     #include <netinet/in.h>
@@ -79,6 +80,8 @@ cdef extern from *:
     int SO_ERROR
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
+    unsigned long FIONREAD
+    int ioctl(int fd, unsigned long request, ...) nogil
 
     int PROT_READ
     int PROT_WRITE
