@@ -314,13 +314,8 @@ class TestLoopWideBound:
         assert stats.peak_bytes_pinned <= limit, stats
 
 
-MMAP_FAILS = """
-import asyncio, resource, socket, sys, threading
-import aiozc
-from aiozc.testing import ZeroCopySender
-
-DATA = bytes(range(256)) * 8192   # 2 MiB
-
+# The child programs' MSG_ZEROCOPY peer (a thread sending DATA) and sink.
+CHILD_PEER_AND_SINK = """
 def peer(listener):
     conn, _ = listener.accept()
     with conn:
@@ -341,7 +336,16 @@ class Sink(aiozc.ZCProtocol):
             self.got += data
     def connection_lost(self, exc):
         self.done.set_result(exc)
+"""
 
+MMAP_FAILS = """
+import asyncio, resource, socket, sys, threading
+import aiozc
+from aiozc.testing import ZeroCopySender
+
+DATA = bytes(range(256)) * 8192   # 2 MiB
+
+""" + CHILD_PEER_AND_SINK + """
 async def main():
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=peer, args=(listener,), daemon=True).start()
@@ -406,27 +410,7 @@ def refuse_zerocopy_getsockopt(err):
     fprog = Prog(len(prog), ctypes.addressof(code))
     assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
 
-def peer(listener):
-    conn, _ = listener.accept()
-    with conn:
-        sender = ZeroCopySender(conn, zerocopy=True)
-        sender.send(DATA)
-        sender.flush()
-        conn.shutdown(socket.SHUT_WR)
-        conn.settimeout(30)
-        while conn.recv(65536):
-            pass
-
-class Sink(aiozc.ZCProtocol):
-    def __init__(self):
-        self.got = bytearray()
-        self.done = asyncio.get_running_loop().create_future()
-    def data_received(self, data):
-        with data:
-            self.got += data
-    def connection_lost(self, exc):
-        self.done.set_result(exc)
-
+""" + CHILD_PEER_AND_SINK + """
 async def main(policy):
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=peer, args=(listener,), daemon=True).start()
