@@ -32,9 +32,10 @@ cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject **o, Py_ssize_t n)
 
 from aiozc._kernel cimport (AIOZC_TCP_ZEROCOPY_RECEIVE, AIOZC_ZC_FLAG_TLB_CLEAN_HINT,
-                            FIONREAD, IPPROTO_TCP, SO_ERROR, SOL_SOCKET,
-                            aiozc_thread_cpu_ns, aiozc_touch, aiozc_zc_receive,
-                            getsockopt, ioctl, recv, socklen_t)
+                            FIONREAD, IPPROTO_TCP, SHUT_RDWR, SO_ERROR, SOL_SOCKET,
+                            aiozc_disconnect, aiozc_thread_cpu_ns, aiozc_touch,
+                            aiozc_zc_receive, getsockopt, ioctl, recv, shutdown,
+                            socklen_t)
 from aiozc._policy cimport MODE_COPY, MODE_ZC, PH_PROBE, POLICY_AUTO, Policy
 from aiozc._pool cimport KIND_FRAME, KIND_REGION, KIND_SLAB, Budget, Pool
 
@@ -168,6 +169,39 @@ cdef class Receiver:
         down explicitly in that case.
         """
         return self.pool.window != NULL
+
+    # The window is an mmap() of the socket, so while views keep it mapped
+    # the mapping holds a reference to the socket's file: close(fd) then
+    # only drops the fd, and the kernel's tcp_close(), which sends the FIN
+    # or the RST, waits for the last view.  A shutdown(SHUT_RDWR) sends the
+    # FIN, but it is not all close() does: close() of a socket with unread
+    # bytes resets the connection instead.  Without the reset a peer whose
+    # sends filled our receive window stays blocked for as long as the
+    # application holds a view (the zero-window probes it sends carry no
+    # new data, so nothing answers them with a reset); that was a hang of
+    # the fault suite, abort() with views held over loopback.  So, with
+    # unread bytes (FIONREAD), or when the driver asks for a reset, the
+    # connection is disconnected (connect() to AF_UNSPEC: tcp_disconnect(),
+    # the same RST and the same dropped queues as close()'s).  Data that
+    # arrives after the FIN gets a reset from the kernel as after close().
+
+    def end_connection(self, int fd, bint reset=False):
+        """End the TCP connection on ``fd`` as ``close(fd)`` would, now.
+
+        Call it after :meth:`close`, before closing the fd, if
+        :attr:`holds_socket` (otherwise it does nothing, and close() is
+        enough): a FIN, or a reset when bytes are unread or ``reset`` is
+        true (an abortive close, as with SO_LINGER 0).  Errors (the
+        connection is already gone) are ignored, as close() ignores them.
+        """
+        cdef int queued = 0
+        if self.pool.window == NULL or fd < 0:
+            return
+        if not reset and ioctl(fd, FIONREAD, &queued) == 0 and queued == 0:
+            shutdown(fd, SHUT_RDWR)
+            return
+        if aiozc_disconnect(fd) != 0:
+            shutdown(fd, SHUT_RDWR)
 
     def close(self):
         """Stop for good: free what no view holds.  Views stay valid.

@@ -9,6 +9,7 @@ from libc.stdint cimport int32_t, uint32_t, uint64_t
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     #include <errno.h>
     #include <time.h>
     #include <sys/ioctl.h>
@@ -49,6 +50,17 @@ cdef extern from *:
         return acc;
     }
 
+    /* connect() to an AF_UNSPEC address: the kernel's tcp_disconnect(),
+       which resets an established connection (RST) and drops both queues,
+       as close() of a socket with unread bytes does.  The one way to reset
+       a socket whose file something else (a mapping) keeps open. */
+    static inline int aiozc_disconnect(int fd) {
+        struct sockaddr sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_family = AF_UNSPEC;
+        return connect(fd, &sa, sizeof sa);
+    }
+
     static inline int64_t aiozc_thread_cpu_ns(void) {
         struct timespec ts;
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -72,6 +84,7 @@ cdef extern from *:
     int AIOZC_TCP_ZEROCOPY_RECEIVE
     int AIOZC_ZC_FLAG_TLB_CLEAN_HINT
     long long aiozc_thread_cpu_ns() nogil
+    int aiozc_disconnect(int fd) nogil
     unsigned aiozc_touch(const char *p, size_t n) nogil
 
     ctypedef unsigned int socklen_t
@@ -79,6 +92,8 @@ cdef extern from *:
     int SOL_SOCKET
     int SO_ERROR
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    int shutdown(int fd, int how) nogil
+    int SHUT_RDWR
     ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
     unsigned long FIONREAD
     int ioctl(int fd, unsigned long request, ...) nogil

@@ -1254,21 +1254,16 @@ class ZCTransport(_FlowControlMixin):
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except OSError:
             pass
-        self._close_socket()
+        self._close_socket(reset=True)
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, reset: bool = False) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
             self._reap_timer = None
         self._lingering = False
-        if self._rx.holds_socket:
-            # Views still hold the window, and the mapping holds the
-            # socket's file open: close() alone would leave the
-            # connection up until the last view is released.
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        # Views may still hold the window, whose mapping keeps the socket's
+        # file open: the engine ends the connection as close() would.
+        self._rx.end_connection(self._sock.fileno(), reset)
         self._sock.close()
         # Nothing can complete once the fd is gone: whatever is still held
         # is released here (nothing, unless the linger expired).

@@ -621,14 +621,9 @@ class ZCSocketStream(SocketStream):
             anyio.notify_closing(self._sock)
         rx.close()
         keep_trimming()  # what the connection gave back goes cold in time
-        if rx.holds_socket:
-            # Views still hold the window, and the mapping holds the socket's
-            # file open: close() alone would leave the connection up until the
-            # last view is released.
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        # Views may still hold the window, whose mapping keeps the socket's
+        # file open: the engine ends the connection as close() would.
+        rx.end_connection(self._sock.fileno())
         self._sock.close()
 
 

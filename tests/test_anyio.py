@@ -9,14 +9,17 @@ assert it from the stream's statistics.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import importlib.util
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import weakref
 import zlib
@@ -32,6 +35,7 @@ from anyio.abc import SocketAttribute
 
 import aiozc
 import aiozc.anyio
+import aiozc.testing
 from aiozc import ZCConfig
 from aiozc._pool import is_pool_view
 from aiozc.anyio import (
@@ -125,6 +129,12 @@ async def raw_pair(
     finally:
         await stream.aclose()
         peer.close()
+
+
+def _inq(sock: socket.socket) -> int:
+    """Bytes queued on a socket for reading (FIONREAD)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", buf)[0])
 
 
 def frames_of(data: bytes) -> list[bytes]:
@@ -330,6 +340,38 @@ class TestViews:
         del views
         gc.collect()
         assert count_socket_maps() == maps_before  # ... until the last view goes
+
+    async def test_aclose_with_unread_bytes_and_views_held_resets(self) -> None:
+        # close() of a socket with unread bytes resets the connection; views
+        # over the window keep the socket's file open past the fd's close,
+        # and the stream still gives the peer that reset (not a FIN, which
+        # left a peer blocked on our full window hanging).
+        first, second = payload(MiB, seed=23), payload(256 * KiB, seed=24)
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            stream = await connect_tcp("127.0.0.1", lsock.getsockname()[1],
+                                       config=ZCConfig(zerocopy="always"))
+            peer, _ = lsock.accept()
+        with peer:
+            peer.settimeout(20)
+            sender = aiozc.testing.ZeroCopySender(peer)
+            sender.send(first)
+            views = []
+            got = 0
+            while got < len(first):
+                view = await stream.receive_view()
+                views.append(view)
+                got += len(view)
+            assert stream.stats.bytes_mapped > 0
+            sender.send(second)  # never read
+            await anyio.to_thread.run_sync(sender.flush)
+            while _inq(stream.extra(SocketAttribute.raw_socket)) < len(second):
+                await anyio.sleep(0.001)
+            await stream.aclose()
+            with pytest.raises(ConnectionResetError):
+                peer.recv(1)
+        assert sha(b"".join(views)) == sha(first)
+        for view in views:
+            view.release()
 
     async def test_pause_policy_resumes_on_release_from_another_thread(self) -> None:
         data = payload(16 * MiB, seed=10)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import aiozc
+import aiozc.testing
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._engine import Receiver
 
@@ -420,6 +421,74 @@ class TestFaults:
         assert proto.digest == sha(data)
         assert proto.calls_while_paused == 0
         assert stats.bytes_mapped > 0
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("unread", [True, False], ids=["unread", "all-read"])
+    @pytest.mark.parametrize("how", ["abort", "close"])
+    async def test_ending_with_views_held(self, how: str, unread: bool) -> None:
+        """The peer sees what close() of the socket would show it: a reset
+        if bytes were left unread, else a FIN; even though views held over
+        mapped pages keep the socket's file open (the window maps it), so
+        that the fd's close() alone does not end the connection.  (With a
+        FIN instead of the reset, a peer blocked on our full window stayed
+        blocked for as long as the views lived.)"""
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        first, second = payload(MiB, seed=21), payload(256 * 1024, seed=22)
+        paused = concurrent.futures.Future[None]()
+
+        def peer() -> BaseException | bytes:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(20)
+                sender = aiozc.testing.ZeroCopySender(conn)
+                sender.send(first)
+                sender.flush()
+                paused.result(20)
+                if unread:
+                    sender.send(second)
+                    sender.flush()
+                try:
+                    return conn.recv(1)
+                except OSError as exc:
+                    return exc
+
+        outcome = loop.run_in_executor(None, peer)
+        try:
+            transport, proto = await aiozc.create_connection(
+                lambda: Collector(hold=True), "127.0.0.1", listener.getsockname()[1],
+                config=ZCConfig(zerocopy="always"))
+            assert isinstance(transport, ZCTransport) and isinstance(proto, Collector)
+            while proto.received < len(first):
+                await asyncio.sleep(0.001)
+            assert transport.stats.bytes_mapped > 0
+            sock = transport.get_extra_info("socket")
+            transport.pause_reading()
+            paused.set_result(None)
+            if unread:
+                while _inq(sock) < len(second):
+                    await asyncio.sleep(0.001)
+            if how == "abort":
+                transport.abort()
+            else:
+                transport.close()
+            await proto.lost
+            seen = await asyncio.wait_for(outcome, 30)
+        finally:
+            listener.close()
+            if not paused.done():
+                paused.set_result(None)
+        if unread:
+            assert isinstance(seen, ConnectionResetError), seen
+        else:
+            assert seen == b"", seen
+        # The views are intact after all of it, and the connection is gone.
+        assert proto.received == len(first)
+        assert sha(b"".join(proto.views)) == sha(first)
+        for view in proto.views:
+            view.release()
 
     @pytest.mark.asyncio
     async def test_data_received_error_closes_with_it(self) -> None:
