@@ -6,6 +6,7 @@ __all__ = ["ViewBuffer"]
 
 class _Gatherer(Protocol):
     def gather(self, views: Iterable[memoryview], total: int) -> int: ...
+    def note_assembled(self, nbytes: int) -> None: ...
 
 @final
 class ViewBuffer:

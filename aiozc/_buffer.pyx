@@ -71,6 +71,10 @@ cdef class ViewBuffer:
     #: Bytes copied to join frames that spanned more than one view (and the
     #: heads of gathered frames).
     cdef public Py_ssize_t bytes_assembled
+    # The engine of the last gather() call: told when take() copies to
+    # assemble a frame (Receiver.note_assembled), which its 'auto' policy
+    # weighs against mapping.
+    cdef object _engine
 
     def __cinit__(self):
         self._views = []
@@ -141,6 +145,8 @@ cdef class ViewBuffer:
             return out
         out = self.take_bytes(n)
         self.bytes_assembled += n
+        if self._engine is not None:
+            self._engine.note_assembled(n)
         return memoryview(out)
 
     cdef object _take_joined(self, Py_ssize_t n):
@@ -296,6 +302,7 @@ cdef class ViewBuffer:
         cdef Py_ssize_t copied
         if self._size >= total:
             return False
+        self._engine = receiver
         live = self._views[self._head:]
         if live and self._off:
             live[0] = live[0][self._off:]

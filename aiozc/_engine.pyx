@@ -315,6 +315,16 @@ cdef class Receiver:
         self.gtotal = <size_t>total
         return head
 
+    def note_assembled(self, Py_ssize_t nbytes):
+        """The reader copied ``nbytes`` to join views into one frame.
+
+        :class:`~aiozc._buffer.ViewBuffer` calls it (for the engine it last
+        asked to :meth:`gather`); 'auto' stops mapping for a reader that
+        copies what was mapped anyway (see Policy.note_assembled).
+        """
+        if nbytes > 0:
+            self.policy.note_assembled(<uint64_t>nbytes)
+
     def end_gather(self):
         """Give up an open gather: deliver what arrived of the frame now.
 

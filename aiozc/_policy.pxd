@@ -40,10 +40,12 @@ cdef class Policy:
     cdef uint64_t copy_bytes
     cdef int64_t copy_ns
     cdef uint64_t slice_bytes
+    cdef uint64_t assembled   # bytes the reader copied to join mapped views
     cdef int64_t until_reprobe
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept
     cdef void steady_sample(self, uint64_t mapped, uint64_t got) noexcept
+    cdef void note_assembled(self, uint64_t nbytes) noexcept
     cdef void settle(self, int mode, object reason) noexcept
     cdef void reset_probe(self) noexcept
     cdef void copy_for_good(self, int err, str what)

@@ -15,6 +15,7 @@ import fcntl
 import gc
 import hashlib
 import random
+import select
 import socket
 import struct
 import termios
@@ -813,6 +814,87 @@ class TestAlwaysWithAPeerThatNeverMaps:
         # unmappable round the engine takes up to a receive (256 KiB) per
         # recv: about 18 calls.
         assert st.receive_calls <= 24, st
+
+
+class TestAutoWithAFrameReader:
+    """'auto' against a reader whose frames span receives (engine level).
+
+    The probe times receives, not what the reader does afterwards; a
+    reader that joins mapped views into frames copies every byte that
+    mapping saved.  The steady mapping state must notice and copy.  The
+    probe is made to pick mapping every time (the sink burns CPU on copied
+    views only), so that the steady state is what is tested.
+    """
+
+    FRAME = MiB
+
+    def _receive(self, assemble: bool) -> tuple[aiozc.ZCStats, int]:
+        frames = 40
+        data = payload(frames * self.FRAME, seed=31)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+
+        def send() -> None:
+            sender = aiozc.testing.ZeroCopySender(client)
+            for i in range(0, len(data), self.FRAME):
+                sender.send(data[i:i + self.FRAME])
+            sender.flush()
+
+        from aiozc._buffer import ViewBuffer
+
+        vb = ViewBuffer()
+        rx: Receiver
+
+        def sink(view: memoryview) -> None:
+            if rx.mode == "copy" and rx.stats().mode_switches == 0:
+                end = time.thread_time() + 0.002  # copying looks dear
+                while time.thread_time() < end:
+                    pass
+            vb.append(view)
+
+        config = ZCConfig(zerocopy="auto", probe_after_bytes=0, probe_bytes=2 * MiB)
+        hasher = hashlib.sha256()
+        with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            done = pool.submit(send)
+            server.setblocking(False)
+            rx = Receiver(server.fileno(), config, sink)
+            got = 0
+            try:
+                while got < len(data):
+                    n = rx.pump(self.FRAME)
+                    if n == 0:
+                        select.select([server], [], [], 5)
+                        continue
+                    assert n > 0
+                    while len(vb) >= (self.FRAME if assemble else 1):
+                        view = vb.take(self.FRAME if assemble else vb.first_size)
+                        got += len(view)
+                        hasher.update(view)
+                        view.release()
+                    if assemble and len(vb) < self.FRAME:
+                        vb.gather(rx, self.FRAME)
+                done.result(30)
+                st = rx.stats()
+            finally:
+                vb.clear()
+                rx.close()
+        assert hasher.hexdigest() == sha(data)
+        return st, vb.bytes_assembled
+
+    def test_a_reader_that_assembles_mapped_frames_gets_copies(self) -> None:
+        st, assembled = self._receive(assemble=True)
+        assert st.bytes_mapped > 0 and assembled > 0
+        assert st.mode == "copy", st
+        assert st.fallback_reason is not None and "assemble" in st.fallback_reason, st
+        # The probe picked mapping (the mode it starts in), then it was given up.
+        assert st.mode_switches == 1, st
+
+    def test_a_reader_of_views_keeps_mapping(self) -> None:
+        st, assembled = self._receive(assemble=False)
+        assert assembled == 0
+        assert st.mode == "zerocopy" and st.bytes_mapped > st.bytes_received // 2, st
+        assert st.mode_switches == 0, st
 
 
 def _inq(sock: socket.socket) -> int:
