@@ -50,6 +50,7 @@ import struct
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,7 +267,12 @@ class PeerThread:
 
     def join(self, timeout: float = 60) -> Any:
         self._thread.join(timeout)
-        assert not self._thread.is_alive(), "peer thread hung"
+        if self._thread.is_alive():
+            # Say where: a hang here has meant a peer blocked on a window
+            # the receiver never reopened (see Receiver.end_connection).
+            frame = sys._current_frames().get(self._thread.ident or -1)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            raise AssertionError(f"peer thread hung for {timeout} s, in:\n{where}")
         if self.error is not None:
             raise self.error
         return self.result

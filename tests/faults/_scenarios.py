@@ -154,8 +154,9 @@ async def lost(app: App, timeout: float = 20) -> None:
             f"{describe_transport(app.transport)}") from None
 
 
-async def join(peer: PeerThread) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, peer.join)
+async def join(peer: PeerThread, timeout: float = 20) -> Any:
+    # Within the scenario's own 60 s: a hung peer fails with its stack.
+    return await asyncio.get_running_loop().run_in_executor(None, peer.join, timeout)
 
 
 def _never(app: App, view: memoryview) -> bool:
