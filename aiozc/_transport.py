@@ -206,10 +206,6 @@ class ZCTransport(_FlowControlMixin):
         self._pumps = 0  # engine pumps so far: an idle connection's count stands still
         self._watched = False  # in the sweeper's watch (see _IdleSweeper)
         self._sweeper = _sweeper_for(loop)
-        # Weakly: the engine's pool outlives the transport while views are
-        # held, and must not call into a transport the garbage collector is
-        # tearing down (nor keep it alive).
-        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
         self._zc = ZeroCopySendTracker(sock, self._config)
         self._lingering = False  # connection lost, socket kept for completions
         # Bytes a consumer waits for (0: none, read up to the budget): see
@@ -546,6 +542,8 @@ class ZCTransport(_FlowControlMixin):
         elif n == PUMP_STARVED:
             self._starved = True
             self._update_reader()
+            if self._rx.on_release is None:
+                self._listen_for_releases()
             # A protocol that queues views (a stream reader waiting for a
             # frame bigger than max_pinned_bytes) may hold the very memory
             # it waits for: it is told, and can copy it out.
@@ -665,6 +663,20 @@ class ZCTransport(_FlowControlMixin):
             return
         if not keep_open:
             self.close()
+
+    # The engine calls on_release when a view is released while it starved.
+    # Most connections never starve, and the callback (a partial over a
+    # weak reference: weakly, because the engine's pool outlives the
+    # transport while views are held, and must neither keep it alive nor
+    # call into one the garbage collector is tearing down) is 270 bytes a
+    # connection, a tenth of an idle one's: so it is made at the first
+    # starvation.  A view released in another thread between the engine's
+    # starving and this found no callback, and its wake-up was lost: so
+    # the first time, receiving is tried once more anyway (it starves
+    # again at once if nothing was freed, now with the callback in place).
+    def _listen_for_releases(self) -> None:
+        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
+        self._loop.call_soon(self._resume_after_starving)
 
     def _on_memory_released(self) -> None:
         # Called by the engine when a view is released while it was starved
@@ -1389,8 +1401,9 @@ _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
 def _memory_released(ref: weakref.ref[ZCTransport]) -> None:
-    # The engine's on_release: a partial over a weak reference (150 bytes a
-    # connection, where a WeakMethod and a closure took 600).
+    # The engine's on_release, made at a connection's first starvation: a
+    # partial over a weak reference (270 bytes, where a WeakMethod and a
+    # closure took 600).
     transport = ref()
     if transport is not None:
         transport._on_memory_released()

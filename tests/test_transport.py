@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import termios
+import threading
 import time
 import warnings
 from typing import Any
@@ -91,6 +92,10 @@ async def receive(
     await asyncio.get_running_loop().run_in_executor(None, peer.join)
     return proto, stats
 
+
+#: Views may pin 2 MiB, then reading pauses until one is released.
+PAUSING = ZCConfig(zerocopy="always", window_size=MiB, max_pinned_bytes=2 * MiB,
+                   on_exhausted="pause")
 
 SIZES = [1, 4095, 4097, 3 * 65536 + 7, MiB + 3, 64 * MiB]
 
@@ -277,10 +282,38 @@ class TestViews:
         assert stats.bytes_pinned <= 4 * MiB + config.region_size + config.receive_size
 
     @pytest.mark.asyncio
+    async def test_pause_policy_resumes_on_release_from_another_thread(self) -> None:
+        # The wake-up callback is made at the first starvation; releases
+        # from another thread, at any moment, must still resume reading.
+        data = payload(16 * MiB, seed=7)
+        held: list[memoryview] = []
+        stop = threading.Event()
+
+        class Holder(Collector):
+            def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+                self.hasher.update(data)
+                self.received += len(data)
+                held.append(data)
+
+        def releaser() -> None:
+            while not stop.is_set():
+                while held:
+                    held.pop(0).release()
+                time.sleep(0.003)
+
+        thread = threading.Thread(target=releaser, daemon=True)
+        thread.start()
+        try:
+            proto, stats = await _receive_with(Holder, Peer(data), PAUSING)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert proto.digest == sha(data)
+        assert stats.exhausted_receives > 0
+
+    @pytest.mark.asyncio
     async def test_pause_policy_waits_for_released_views(self) -> None:
         data = payload(16 * MiB, seed=6)
-        config = ZCConfig(zerocopy="always", window_size=MiB, max_pinned_bytes=2 * MiB,
-                          on_exhausted="pause")
 
         starved_seen: list[bool] = []
         pinned: list[int] = []
@@ -315,10 +348,10 @@ class TestViews:
                 self.timer.cancel()
                 super().connection_lost(exc)
 
-        proto, stats = await _receive_with(SlowReleaser, Peer(data), config)
+        proto, stats = await _receive_with(SlowReleaser, Peer(data), PAUSING)
         assert proto.digest == sha(data)
         assert stats.exhausted_receives > 0 and any(starved_seen)
-        assert max(pinned) <= 2 * MiB + config.region_size + config.receive_size
+        assert max(pinned) <= 2 * MiB + PAUSING.region_size + PAUSING.receive_size
         assert stats.views_outstanding == 0
 
 
