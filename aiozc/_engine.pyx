@@ -90,6 +90,46 @@ cdef str _NOTHING_MAPPED = (
 )
 
 
+cdef bint _queued(int fd) noexcept:
+    """Bytes wait in the socket's receive queue (FIONREAD)."""
+    cdef int queued = 0
+    return ioctl(fd, FIONREAD, &queued) == 0 and queued > 0
+
+
+# The window is an mmap() of the socket, so while views keep it mapped the
+# mapping holds a reference to the socket's file: close(fd) then only drops
+# the fd, and the kernel's tcp_close(), which sends the FIN or the RST,
+# waits for the last view.  The transport also keeps the fd itself open
+# after abort() while zerocopy sends are in the kernel (the linger).  In
+# both cases the driver ends the connection itself.  A shutdown(SHUT_RDWR)
+# sends the FIN, but it is not all close() does: close() of a socket with
+# unread bytes resets the connection instead.  Without the reset a peer
+# whose sends filled our receive window stays blocked for as long as the
+# socket stays open (the zero-window probes it sends carry no new data, so
+# nothing answers them with a reset); that was a hang of the fault suite,
+# abort() with views held over loopback.  So, with unread bytes, or when
+# the driver asks for a reset, the connection is disconnected (connect()
+# to AF_UNSPEC: tcp_disconnect(), the same RST and the same dropped queues
+# as close()'s).  Data that arrives after the FIN gets a reset from the
+# kernel as after close().
+
+def end_connection(int fd, bint reset=False):
+    """End the TCP connection on ``fd`` as ``close(fd)`` would, leaving the
+    fd open: a FIN, or a reset when bytes are unread or ``reset`` is true
+    (an abortive close, as with SO_LINGER 0).  Errors (the connection is
+    already gone) are ignored, as close() ignores them.
+
+    For a driver about to close an fd that stays referenced
+    (:attr:`Receiver.holds_socket`), or that keeps it open on purpose.
+    """
+    if fd < 0:
+        return
+    if not reset and not _queued(fd):
+        shutdown(fd, SHUT_RDWR)
+    elif aiozc_disconnect(fd) != 0:
+        shutdown(fd, SHUT_RDWR)
+
+
 cdef class Receiver:
     """Receives from one connected stream socket; see the module docstring.
 
@@ -169,39 +209,6 @@ cdef class Receiver:
         down explicitly in that case.
         """
         return self.pool.window != NULL
-
-    # The window is an mmap() of the socket, so while views keep it mapped
-    # the mapping holds a reference to the socket's file: close(fd) then
-    # only drops the fd, and the kernel's tcp_close(), which sends the FIN
-    # or the RST, waits for the last view.  A shutdown(SHUT_RDWR) sends the
-    # FIN, but it is not all close() does: close() of a socket with unread
-    # bytes resets the connection instead.  Without the reset a peer whose
-    # sends filled our receive window stays blocked for as long as the
-    # application holds a view (the zero-window probes it sends carry no
-    # new data, so nothing answers them with a reset); that was a hang of
-    # the fault suite, abort() with views held over loopback.  So, with
-    # unread bytes (FIONREAD), or when the driver asks for a reset, the
-    # connection is disconnected (connect() to AF_UNSPEC: tcp_disconnect(),
-    # the same RST and the same dropped queues as close()'s).  Data that
-    # arrives after the FIN gets a reset from the kernel as after close().
-
-    def end_connection(self, int fd, bint reset=False):
-        """End the TCP connection on ``fd`` as ``close(fd)`` would, now.
-
-        Call it after :meth:`close`, before closing the fd, if
-        :attr:`holds_socket` (otherwise it does nothing, and close() is
-        enough): a FIN, or a reset when bytes are unread or ``reset`` is
-        true (an abortive close, as with SO_LINGER 0).  Errors (the
-        connection is already gone) are ignored, as close() ignores them.
-        """
-        cdef int queued = 0
-        if self.pool.window == NULL or fd < 0:
-            return
-        if not reset and ioctl(fd, FIONREAD, &queued) == 0 and queued == 0:
-            shutdown(fd, SHUT_RDWR)
-            return
-        if aiozc_disconnect(fd) != 0:
-            shutdown(fd, SHUT_RDWR)
 
     def close(self):
         """Stop for good: free what no view holds.  Views stay valid.
@@ -512,10 +519,7 @@ cdef class Receiver:
     # (FIONREAD, after the backlog was processed); bytes there are read
     # first.  One ioctl per error, none on the normal path.
     cdef bint _still_queued(self) noexcept:
-        cdef int queued = 0
-        if ioctl(self.fd, FIONREAD, &queued) != 0:
-            return False
-        return queued > 0
+        return _queued(self.fd)
 
     # -- the two paths -------------------------------------------------------
 

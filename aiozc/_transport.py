@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, final, overload
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
-from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
 from ._memory import budget_for, keep_trimming
 from ._protocol import AnyProtocol, ZCProtocol
 from ._quirks import quirks_of
@@ -1190,6 +1190,8 @@ class ZCTransport(_FlowControlMixin):
         send's bytes would after ``close()`` of the socket: the socket is
         shut down but kept open until their completions arrive (for at most
         a minute, then it is reset), and their buffers are held until then.
+        As with ``close()``, bytes received and never read make it a reset
+        at once instead, which drops what was not yet sent.
         """
         self._force_close(None)
 
@@ -1245,15 +1247,14 @@ class ZCTransport(_FlowControlMixin):
         # completed: their pages may still be read (on loopback, at the
         # peer's next read).  Releasing their buffers now could put other
         # bytes on the wire, and closing the fd would leave no way to learn
-        # when it is safe.  So shut the socket down (the peer sees the FIN
-        # after the data, as after a plain close()) and keep the fd, and the
-        # buffers, until the completions arrive or _LINGER_TIMEOUT passes.
+        # when it is safe.  So end the connection as close() would (the peer
+        # sees the FIN after the data; or, with bytes left unread, a reset
+        # that drops the write queue, whose completions then arrive) and
+        # keep the fd, and the buffers, until the completions arrive or
+        # _LINGER_TIMEOUT passes.
         self._lingering = True
         self._linger_deadline = self._loop.time() + _LINGER_TIMEOUT
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        end_connection(self._sock.fileno())
         self._update_reaper()
 
     def _linger_expired(self) -> None:
@@ -1273,9 +1274,10 @@ class ZCTransport(_FlowControlMixin):
             self._reap_timer.cancel()
             self._reap_timer = None
         self._lingering = False
-        # Views may still hold the window, whose mapping keeps the socket's
-        # file open: the engine ends the connection as close() would.
-        self._rx.end_connection(self._sock.fileno(), reset)
+        if self._rx.holds_socket:
+            # Views still hold the window, whose mapping keeps the socket's
+            # file open: close() alone would not end the connection.
+            end_connection(self._sock.fileno(), reset)
         self._sock.close()
         # Nothing can complete once the fd is gone: whatever is still held
         # is released here (nothing, unless the linger expired).

@@ -65,7 +65,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
-from ._engine import PUMP_EOF, PUMP_STARVED, Receiver
+from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
 from ._framereader import FrameReader, Next
 from ._memory import keep_trimming, running_budget
 from ._quirks import running_asyncio_loop, running_quirks
@@ -621,9 +621,10 @@ class ZCSocketStream(SocketStream):
             anyio.notify_closing(self._sock)
         rx.close()
         keep_trimming()  # what the connection gave back goes cold in time
-        # Views may still hold the window, whose mapping keeps the socket's
-        # file open: the engine ends the connection as close() would.
-        rx.end_connection(self._sock.fileno())
+        if rx.holds_socket:
+            # Views still hold the window, whose mapping keeps the socket's
+            # file open: close() alone would not end the connection.
+            end_connection(self._sock.fileno())
         self._sock.close()
 
 

@@ -24,13 +24,16 @@ child processes (which import its leak counters) need no pytest.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,3 +250,9 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def inq(sock: Any) -> int:
+    """Bytes queued on a socket for reading (FIONREAD)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", buf)[0])

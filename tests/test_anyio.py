@@ -9,17 +9,14 @@ assert it from the stream's statistics.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import importlib.util
 import os
 import socket
 import ssl
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import weakref
 import zlib
@@ -46,7 +43,7 @@ from aiozc.anyio import (
     create_tcp_listener,
 )
 
-from support import Peer, count_socket_maps, payload, sha, wait_acked
+from support import Peer, count_socket_maps, inq, payload, sha, wait_acked
 
 pytestmark = pytest.mark.anyio
 
@@ -129,12 +126,6 @@ async def raw_pair(
     finally:
         await stream.aclose()
         peer.close()
-
-
-def _inq(sock: socket.socket) -> int:
-    """Bytes queued on a socket for reading (FIONREAD)."""
-    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    return int(struct.unpack("i", buf)[0])
 
 
 def frames_of(data: bytes) -> list[bytes]:
@@ -364,7 +355,7 @@ class TestViews:
             assert stream.stats.bytes_mapped > 0
             sender.send(second)  # never read
             await anyio.to_thread.run_sync(sender.flush)
-            while _inq(stream.extra(SocketAttribute.raw_socket)) < len(second):
+            while inq(stream.extra(SocketAttribute.raw_socket)) < len(second):
                 await anyio.sleep(0.001)
             await stream.aclose()
             with pytest.raises(ConnectionResetError):

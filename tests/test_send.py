@@ -38,7 +38,7 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._zerocopy_send import immutable_view
 
-from support import Peer, count_fds, loop_kind, payload, run_module, sha
+from support import Peer, count_fds, inq, loop_kind, payload, run_module, sha
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -201,6 +201,14 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
         a = socket.create_connection(listener.getsockname())
         b, _ = listener.accept()
     return a, b
+
+
+# tcp_info.tcpi_state (its first byte), and the kernel's TCP_CLOSE.
+_TCP_CLOSE = 7
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -716,6 +724,41 @@ class TestClosing:
         joined = b"".join(blobs)
         assert 0 < sink.received <= len(joined)
         assert sink.digest == sha(joined[:sink.received])
+
+    @pytest.mark.asyncio
+    async def test_abort_with_bytes_unread_resets_at_once(self) -> None:
+        # abort() with zerocopy sends in the kernel keeps the fd open (the
+        # linger), so the kernel's close() does not run: the transport ends
+        # the connection itself, as close() would.  With bytes left unread
+        # that is a reset, not a FIN: a peer blocked sending into our full
+        # window would otherwise wait out the linger's minute.  The reset
+        # drops the write queue, so the completions and the buffers follow.
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            transport, proto = await aiozc.create_connection(
+                Writer, *listener.getsockname(), config=ALWAYS)
+            assert isinstance(transport, ZCTransport) and isinstance(proto, Writer)
+            peer, _ = await loop.sock_accept(listener)
+        with peer:
+            transport.pause_reading()
+            peer.sendall(b"x" * 4096)  # never read
+            transport.set_write_buffer_limits(high=1 << 40)
+            for i in range(32):  # never read by the peer: sends stay pending
+                transport.write(Tracked(payload(96 * KiB, seed=i)))
+            await wait_for(lambda: inq(transport.get_extra_info("socket")) == 4096)
+            assert transport.stats.zerocopy_sends_pending > 0
+            transport.abort()
+            await proto.lost
+            # The peer's side of the connection is reset (TCP_CLOSE), not
+            # half-closed (TCP_CLOSE_WAIT, what a FIN leaves).
+            await wait_for(lambda: _tcp_state(peer) == _TCP_CLOSE, timeout=5)
+            await wait_for(lambda: transport.get_extra_info("socket").fileno() == -1)
+        gc.collect()
+        assert not Tracked.alive
+        assert transport.stats.zerocopy_sends_pending == 0
 
     @pytest.mark.asyncio
     async def test_abort_resets_after_the_linger_timeout(self,

@@ -269,7 +269,7 @@ class PeerThread:
         self._thread.join(timeout)
         if self._thread.is_alive():
             # Say where: a hang here has meant a peer blocked on a window
-            # the receiver never reopened (see Receiver.end_connection).
+            # the receiver never reopened (see _engine.end_connection).
             frame = sys._current_frames().get(self._thread.ident or -1)
             where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
             raise AssertionError(f"peer thread hung for {timeout} s, in:\n{where}")
