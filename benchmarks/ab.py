@@ -31,6 +31,14 @@ CPU.  Over loopback the kernel copies a MSG_ZEROCOPY sender's pages at
 delivery, in whichever process transmits them (on the receiver's window
 updates when the sender is window-limited): where the receiver's CPU moves
 and the sum does not, the work moved between the two processes.
+
+The last lines are a control: the same count for the peers, whose code is
+the same in both trees and which run in the same rounds.  On the
+project's 2-vCPU VM, three full runs of 7 x 2 or 4 x 3 found 29-49% of the
+peers' cells more than 3% slower in NEW and 4-6% "significant" (p < 0.05,
+the rate chance alone gives): a cell of aiozc flagged at that rate is the
+machine, and one that stands out must be run again on its own to count.
+``--aa JSON1 JSON2`` compares the OLD tree of two saved runs with itself.
 """
 
 from __future__ import annotations
@@ -86,9 +94,9 @@ ALL_CELLS = ",".join(
 def _receivers(tree: str) -> list[str]:
     out = subprocess.run(
         [sys.executable, "-c",
-         "import sys; sys.path.insert(0, sys.argv[1]); "
-         "from benchmarks.__main__ import all_receivers; "
-         "print(';'.join(s.name for s in all_receivers(trio=True)))", tree],
+         ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "from benchmarks.__main__ import all_receivers; "
+          "print(';'.join(s.name for s in all_receivers(trio=True)))"), tree],
         check=True, capture_output=True, text=True, cwd=tree)
     return out.stdout.strip().split(";")
 
@@ -142,11 +150,15 @@ def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
             ratios[((rx, w, n, s), tree)].append(us / peer if peer else math.nan)
             sums[((rx, w, n, s), tree)].append(us + snd_us)
             raw[((rx, w, n, s), tree)].append(us)
-    lines = [f"{'receiver':<50} {'cell':<22} {'old':>6} {'new':>6} {'change':>7}  "
-             f"{'rx+snd old':>10} {'new':>7} {'change':>7}  {'rx only':>7} {'p':>5}"]
+    lines = [(f"{'receiver':<50} {'cell':<22} {'old':>6} {'new':>6} {'change':>7}  "
+              f"{'rx+snd old':>10} {'new':>7} {'change':>7}  {'rx only':>7} {'p':>5}")]
     flagged = significant = 0
     changes = []
+    only: set[str] = set()
     for key in sorted({k for k, _ in ratios}):
+        if not (ratios[(key, old)] and ratios[(key, new)]):
+            only.add(key[0])  # a receiver one of the trees does not have
+            continue
         o, n = statistics.median(ratios[(key, old)]), statistics.median(ratios[(key, new)])
         so, sn = statistics.median(sums[(key, old)]), statistics.median(sums[(key, new)])
         d, ds = n / o - 1, sn / so - 1
@@ -166,7 +178,48 @@ def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
                  f"peer); median change {statistics.median(changes):+.1%}; {significant} "
                  f"where the receiver's own CPU is more than {FLAG:.0%} higher and the runs "
                  "differ (rank-sum p < 0.05)")
+    if only:
+        lines.append("measured in one tree only (not compared): " + "; ".join(sorted(only)))
+    lines += _control(rows, old, new, raw)
     return lines
+
+
+def _control(rows: dict[str, list[list[Any]]], old: str, new: str,
+             raw: dict[tuple[Key, str], list[float]]) -> list[str]:
+    """The same count for the peers, whose code is the same in both trees.
+
+    The peers run in the same rounds as aiozc's receivers, so what they
+    show is what the machine alone does to the estimator: a change of aiozc
+    that stands out is one that exceeds theirs (both on the receiver's own
+    CPU, the only figure the peers have).
+    """
+    peer_raw: dict[tuple[Key, str], list[float]] = defaultdict(list)
+    for tree, rs in rows.items():
+        for _rnd, rx, w, n, s, _rep, us, _snd in rs:
+            if not str(rx).startswith("aiozc"):
+                peer_raw[((rx, w, n, s), tree)].append(us)
+
+    def tally(runs: dict[tuple[Key, str], list[float]]) -> str:
+        changes: list[float] = []
+        significant = 0
+        for key in sorted({k for k, _ in runs}):
+            a, b = runs[(key, old)], runs[(key, new)]
+            if not (a and b):
+                continue
+            d = statistics.median(b) / statistics.median(a) - 1
+            changes.append(d)
+            significant += d > FLAG and rank_sum_p(a, b) < 0.05
+        if not changes:
+            return "none"
+        worse = sum(d > FLAG for d in changes)
+        return (f"{len(changes)} cells, {worse} ({worse / len(changes):.0%}) more than "
+                f"{FLAG:.0%} higher in NEW, median change {statistics.median(changes):+.1%}, "
+                f"{significant} ({significant / len(changes):.0%}) of them with p < 0.05")
+
+    return [("control, receiver's own CPU per message (the peers' code is the same in both "
+             "trees: what they show is the machine's noise):"),
+            f"  peers: {tally(peer_raw)}",
+            f"  aiozc: {tally(raw)}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=None, help="also write the raw runs (JSON) here")
     ap.add_argument("--from-json", default=None,
                     help="compare the runs saved by an earlier --output instead of running")
+    ap.add_argument("--aa", nargs=2, default=None, metavar=("JSON1", "JSON2"),
+                    help="A/A: compare the OLD tree's runs in two saved A/B runs (the same "
+                         "code measured twice), to see what noise alone flags")
     args = ap.parse_args(argv)
+    if args.aa:
+        # The same code measured at two times, with the estimator of an A/B
+        # (medians over as many runs per tree): every cell it flags is noise.
+        first, second = (json.loads(Path(f).read_text()) for f in args.aa)
+        rows = {"A": first["runs"][first["old"]], "B": second["runs"][second["old"]]}
+        print(f"# A/A: {first['old']} in {args.aa[0]} (old) against the same tree in "
+              f"{args.aa[1]} (new)")
+        print("\n".join(compare(rows, "A", "B")))
+        return 0
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         print("\n".join(compare(saved["runs"], saved["old"], saved["new"])))
