@@ -3,6 +3,7 @@ from collections.abc import Callable, Iterable
 from typing import Final, Literal, final
 
 from ._config import ZCConfig
+from ._policy import ProbeHistory
 from ._pool import Budget
 from ._stats import ZCStats
 
@@ -24,6 +25,7 @@ class Receiver:
         *,
         eager_errors: bool = ...,
         budget: Budget | None = ...,
+        history: ProbeHistory | None = ...,
     ) -> None: ...
     def release_idle(self) -> None: ...
     def note_assembled(self, nbytes: int) -> None: ...

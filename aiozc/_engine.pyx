@@ -36,7 +36,7 @@ from aiozc._kernel cimport (AIOZC_TCP_ZEROCOPY_RECEIVE, AIOZC_ZC_FLAG_TLB_CLEAN_
                             aiozc_disconnect, aiozc_thread_cpu_ns, aiozc_touch,
                             aiozc_zc_receive, getsockopt, ioctl, recv, shutdown,
                             socklen_t)
-from aiozc._policy cimport MODE_COPY, MODE_ZC, PH_PROBE, POLICY_AUTO, Policy
+from aiozc._policy cimport MODE_COPY, MODE_ZC, PH_PROBE, POLICY_AUTO, Policy, ProbeHistory
 from aiozc._pool cimport KIND_FRAME, KIND_REGION, KIND_SLAB, Budget, Pool
 
 import os as _os
@@ -138,11 +138,14 @@ cdef class Receiver:
     called with each read-only memoryview in stream order.
     ``eager_errors``: the event loop stops watching a socket once it reports
     an error (libuv; see aiozc/_quirks.py), so socket errors are collected
-    without waiting to be told (see _error_pending).
+    without waiting to be told (see _error_pending).  ``budget``: the
+    loop-wide bound on pinned memory (aiozc/_memory.py); ``history``: what
+    the 'auto' probes of the loop's other connections measured
+    (aiozc/_policy.pyx).  Without them the connection stands alone.
     """
 
     def __cinit__(self, int fd, config, sink=None, *, bint eager_errors=False,
-                  Budget budget=None):
+                  Budget budget=None, ProbeHistory history=None):
         self.fd = fd
         self.eager_errors = eager_errors
         self.sink = sink
@@ -154,7 +157,7 @@ cdef class Receiver:
                          SLAB_RECEIVES * config.receive_size, config.max_pinned_bytes,
                          budget)
         self.pause_when_exhausted = config.on_exhausted == "pause"
-        self.policy = Policy(config)
+        self.policy = Policy(config, history)
 
     # -- public --------------------------------------------------------------
 
@@ -218,6 +221,7 @@ cdef class Receiver:
         """
         self.fd = -1
         self.pending = []
+        self.policy.release_slot()
         if self.gidx >= 0:
             self.pool.unhold_frame(self.gidx)
             self.gidx = -1
@@ -234,6 +238,7 @@ cdef class Receiver:
         """
         if self.fd >= 0 and self.gidx < 0 and not self.pending:
             self.pool.release_idle()
+            self.policy.leave_probe()
 
     @property
     def drained(self):

@@ -23,7 +23,7 @@ from ._pool import Budget, slab_stores, trim_slab_stores
 
 __all__ = [
     "ZCMemoryStats", "budget_for", "keep_trimming", "memory_stats", "running_budget",
-    "set_memory_limit",
+    "running_loop_key", "set_memory_limit",
 ]
 
 #: The loop-wide bound when none was set: none (each connection's own bound
@@ -108,7 +108,9 @@ async def _trim_on_trio(token: object) -> None:
         _trimming.discard(token)
 
 
-def _loop_key() -> object:
+def running_loop_key() -> object:
+    """What identifies the running asyncio loop or trio run (the key of its
+    shared state)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -125,7 +127,7 @@ def _loop_key() -> object:
 
 def running_budget() -> Budget:
     """The budget of whatever runs the current task (asyncio loop or trio run)."""
-    return budget_for(_loop_key())
+    return budget_for(running_loop_key())
 
 
 def set_memory_limit(
@@ -140,7 +142,7 @@ def set_memory_limit(
     """
     if max_pinned_bytes is not None and max_pinned_bytes < 0:
         raise ValueError("max_pinned_bytes must not be negative (None: no bound)")
-    budget = budget_for(loop if loop is not None else _loop_key())
+    budget = budget_for(loop if loop is not None else running_loop_key())
     budget.max_pinned_bytes = UNBOUNDED if max_pinned_bytes is None else max_pinned_bytes
 
 
@@ -172,7 +174,7 @@ class ZCMemoryStats:
 
 def memory_stats(*, loop: asyncio.AbstractEventLoop | None = None) -> ZCMemoryStats:
     """The memory figures of a loop (default: the running one) and the process."""
-    budget = budget_for(loop if loop is not None else _loop_key())
+    budget = budget_for(loop if loop is not None else running_loop_key())
     in_use = free = mapped = returned = 0
     for size, (used, idle, maps, unmapped) in slab_stores().items():
         in_use += used

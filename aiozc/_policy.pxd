@@ -20,6 +20,19 @@ cdef enum:
 
 
 @cython.final
+cdef class ProbeHistory:
+    cdef int streak           # probes in a row that found mapping no cheaper
+    cdef uint64_t decisions   # probes due while the streak stood
+    cdef uint64_t skipped     # of those, not run
+    cdef int probing          # connections probing now
+    cdef int waiting          # connections that found every probing slot taken
+
+    cdef bint skip_probe(self) noexcept
+    cdef void copy_won(self) noexcept
+    cdef void map_won(self) noexcept
+
+
+@cython.final
 cdef class Policy:
     # what the engine reads on every round
     cdef int kind             # POLICY_*: ZCConfig.zerocopy, NEVER once copying for good
@@ -42,10 +55,16 @@ cdef class Policy:
     cdef uint64_t slice_bytes
     cdef uint64_t assembled   # bytes the reader copied to join mapped views
     cdef int64_t until_reprobe
+    cdef ProbeHistory history  # shared by the connections of a loop, or None
+    cdef bint has_slot         # one of the history's probing slots is this one's
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept
     cdef void steady_sample(self, uint64_t mapped, uint64_t got) noexcept
     cdef void note_assembled(self, uint64_t nbytes) noexcept
     cdef void settle(self, int mode, object reason) noexcept
     cdef void reset_probe(self) noexcept
+    cdef void start_probe(self) noexcept
+    cdef void leave_probe(self) noexcept
+    cdef void wait_for_slot(self) noexcept
+    cdef void release_slot(self) noexcept
     cdef void copy_for_good(self, int err, str what)

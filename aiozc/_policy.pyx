@@ -14,6 +14,7 @@ from libc.errno cimport ENODEV, ENOPROTOOPT, EOPNOTSUPP
 from libc.stdint cimport int64_t, uint64_t
 
 import os as _os
+import weakref as _weakref
 
 # 'auto' maps only when mapping measured at least this much cheaper than
 # copying.  The mapping probe charges each mapped page its first read (see
@@ -25,6 +26,113 @@ import os as _os
 # really pays (the kernel's tcp_mmap reports 2.5x less CPU on bare metal), a
 # 15% margin changes nothing.
 cdef double ZC_MARGIN = 0.15
+
+
+# -- what the connections of one loop learned by probing ------------------------
+#
+# Whether mapping pays is a property of the machine (what a TLB miss and the
+# first touch of a freshly mapped page cost against a copy, the kernel) and
+# of the application's reader, and those are the same for every connection
+# of a server; whether pages map at all depends on each peer.  Connections
+# that each probed on their own cost a server dearly: with 1,000 MSG_ZEROCOPY
+# clients sending 1.5 MiB each, 31% of the bytes came in by mapping, in the
+# probes' mapping slices, at 1.25x asyncio's CPU per MB where mapping loses
+# (benchmarks/connections.py, phase 2).  So the connections of one event
+# loop share what their probes measured.  After SHARED_STREAK probes in a
+# row found mapping no cheaper than copying, a connection whose probe is due
+# (the first one, after probe_after_bytes, or a reprobe) copies on for
+# reprobe_bytes without probing, except one in PROBE_ONE_IN, which probes as
+# before and keeps the verdict honest: a probe that finds mapping cheaper
+# ends the streak, and every connection probes again.  A probe that found
+# nothing (or too little) mappable says something about its peer, not the
+# machine, and counts for nothing.
+#
+# Probes also take turns.  Connections that start together (a server's
+# clients connecting at once, streaming round-robin) reach probe_after_bytes
+# together, and all would probe before any verdict is in: so at most
+# MAX_PROBING connections of a loop probe at once, and one whose probe is due
+# while every slot is taken copies on and asks again after probe_bytes / 8.
+# A slot is given back when its probe settles, when its connection closes,
+# and when its connection goes idle while another waits for a slot (a
+# connection that stopped sending mid-probe must not stop the loop learning).
+#
+# 2: two verdicts can come in at once, and the streak needs three.
+cdef int MAX_PROBING = 2
+# 3: one probe can be noise (the margin and the two-wins rule guard the
+# other direction, mapping); three in a row that agree are the machine.
+cdef int SHARED_STREAK = 3
+# 16: a server where mapping loses pays one probe in 16 (a mapping slice of
+# probe_bytes / 2 at 1.5-2x the copy's cost: about 3% of the first 4 MiB of
+# each connection, averaged); where a change makes mapping win, the 16th
+# connection finds it.
+cdef int PROBE_ONE_IN = 16
+
+cdef str _WAITING_REASON = (
+    "auto: copies while other connections of this event loop measure whether "
+    "mapping pays")
+
+cdef str _SHARED_REASON = (
+    f"auto: {SHARED_STREAK} probes in a row on this event loop measured mapping no "
+    f"cheaper than copying; this connection copies without probing (one in "
+    f"{PROBE_ONE_IN} still probes)")
+
+
+cdef class ProbeHistory:
+    """What the 'auto' probes of one event loop's connections measured.
+
+    Shared by the connections of a loop (:func:`history_for`): once
+    ``SHARED_STREAK`` probes in a row found mapping no cheaper than copying,
+    connections skip their probes, all but one in ``PROBE_ONE_IN``.
+    """
+
+    @property
+    def streak(self):
+        """Probes in a row that found mapping no cheaper than copying."""
+        return self.streak
+
+    @property
+    def probes_skipped(self):
+        """Probes not run because of the streak."""
+        return self.skipped
+
+    @property
+    def probing(self):
+        """Connections probing now (at most ``MAX_PROBING``)."""
+        return self.probing
+
+    def record(self, bint mapping_won):
+        """Count one probe's verdict, as the engine does."""
+        if mapping_won:
+            self.map_won()
+        else:
+            self.copy_won()
+
+    cdef bint skip_probe(self) noexcept:
+        if self.streak < SHARED_STREAK:
+            return False
+        self.decisions += 1
+        if self.decisions % PROBE_ONE_IN == 0:
+            return False
+        self.skipped += 1
+        return True
+
+    cdef void copy_won(self) noexcept:
+        self.streak += 1
+
+    cdef void map_won(self) noexcept:
+        self.streak = 0
+        self.decisions = 0
+
+
+_histories = _weakref.WeakKeyDictionary()
+
+
+def history_for(key):
+    """The probe history of an event loop (or of a trio run, keyed by its token)."""
+    history = _histories.get(key)
+    if history is None:
+        history = _histories[key] = ProbeHistory()
+    return history
 
 
 cdef dict _warmup_reasons = {}
@@ -42,11 +150,14 @@ cdef str _warmup_reason(object nbytes):
 cdef class Policy:
     """The mode of one connection, and the accounting behind 'auto'.
 
-    ``Policy(config)`` reads ``zerocopy``, ``probe_bytes``,
-    ``reprobe_bytes`` and ``min_mapped_fraction`` from a ``ZCConfig``.
+    ``Policy(config, history)`` reads ``zerocopy``, ``probe_bytes``,
+    ``reprobe_bytes`` and ``min_mapped_fraction`` from a ``ZCConfig``;
+    ``history`` (a :class:`ProbeHistory`, or None) is what the other
+    connections of the loop measured.
     """
 
-    def __cinit__(self, config):
+    def __cinit__(self, config, ProbeHistory history=None):
+        self.history = history
         self.probe_bytes = config.probe_bytes
         self.reprobe_bytes = config.reprobe_bytes
         self.min_mapped_fraction = config.min_mapped_fraction
@@ -69,9 +180,18 @@ cdef class Policy:
                 self.until_reprobe = <int64_t>config.probe_after_bytes
                 self.reason = _warmup_reason(config.probe_after_bytes)
             else:
-                self.mode = MODE_ZC
-                self.settled_mode = MODE_ZC
-                self.phase = PH_PROBE
+                # Probe from the first byte, if the loop lets it (start_probe).
+                self.mode = MODE_COPY
+                self.settled_mode = MODE_COPY
+                self.phase = PH_STEADY
+                self.start_probe()
+                if self.phase == PH_PROBE:
+                    # It starts mapping, as if settled on it (a probe that
+                    # picks copying is one switch, as for a reprobe).
+                    self.settled_mode = MODE_ZC
+
+    def __dealloc__(self):
+        self.release_slot()
 
     # -- choosing a mode -----------------------------------------------------
     #
@@ -130,12 +250,16 @@ cdef class Policy:
                 # one probe more where it really wins costs probe_bytes.
                 self.zc_wins += 1
                 if self.zc_wins >= 2:
+                    if self.history is not None:
+                        self.history.map_won()
                     self.settle(MODE_ZC, None)
                 else:
                     self.reset_probe()
                     self.mode = MODE_ZC
             else:
                 self.zc_wins = 0
+                if self.history is not None:
+                    self.history.copy_won()
                 self.settle(MODE_COPY, (
                     f"auto: mapping measured no cheaper than copying by the "
                     f"{ZC_MARGIN:.0%} margin (copy {copy_cost * 1e3:.0f} vs map "
@@ -190,11 +314,54 @@ cdef class Policy:
                     return
                 self.reset_probe()
         if self.until_reprobe <= 0:
-            self.phase = PH_PROBE
-            self.mode = MODE_ZC
-            self.reset_probe()
+            self.start_probe()
+
+    cdef void start_probe(self) noexcept:
+        cdef ProbeHistory history = self.history
+        if history is not None:
+            # (Only a connection that copies takes the loop's word for it:
+            # one whose own probe picked mapping measures again.)
+            if self.settled_mode == MODE_COPY and history.skip_probe():
+                # (settle() sets the next probe reprobe_bytes ahead.)
+                self.settle(MODE_COPY, _SHARED_REASON)
+                return
+            if history.probing >= MAX_PROBING:
+                history.waiting += 1
+                self.wait_for_slot()
+                return
+            history.probing += 1
+            self.has_slot = True
+        self.phase = PH_PROBE
+        self.mode = MODE_ZC
+        self.reset_probe()
+
+    cdef void leave_probe(self) noexcept:
+        """Give up a probe in progress, for a connection gone idle while
+        another waits for a probing slot: it receives as it did before the
+        probe, and asks for a slot again after probe_bytes / 8."""
+        if self.phase != PH_PROBE or not self.has_slot or not self.history.waiting:
+            return
+        self.history.waiting = 0
+        self.release_slot()
+        self.wait_for_slot()
+
+    cdef void wait_for_slot(self) noexcept:
+        # Copying, the mode that costs least where mapping does not pay
+        # (and little more where it does), until the next ask.  The settled
+        # mode stays: one that had settled on mapping must measure again.
+        self.mode = MODE_COPY
+        self.phase = PH_STEADY
+        self.until_reprobe = <int64_t>(self.probe_bytes // 8)
+        self.reason = _WAITING_REASON
+        self.reset_probe()
+
+    cdef void release_slot(self) noexcept:
+        if self.has_slot:
+            self.has_slot = False
+            self.history.probing -= 1
 
     cdef void settle(self, int mode, object reason) noexcept:
+        self.release_slot()
         if mode != self.settled_mode:
             self.settled_mode = mode
             self.mode_switches += 1
@@ -210,6 +377,7 @@ cdef class Policy:
         self.zc_ns = self.copy_ns = 0
 
     cdef void copy_for_good(self, int err, str what):
+        self.release_slot()
         self.kind = POLICY_NEVER
         self.phase = PH_STEADY
         if self.mode != MODE_COPY:

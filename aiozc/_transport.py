@@ -33,6 +33,7 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
 from ._memory import budget_for, keep_trimming
+from ._policy import history_for
 from ._protocol import AnyProtocol, ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -202,7 +203,7 @@ class ZCTransport(_FlowControlMixin):
         self._quirks = quirks = quirks_of(loop)  # see _quirks.py
         self._rx = Receiver(self._fd, self._config, None,
                             eager_errors=quirks.collect_errors_eagerly,
-                            budget=budget_for(loop))
+                            budget=budget_for(loop), history=history_for(loop))
         self._pumps = 0  # engine pumps so far: an idle connection's count stands still
         self._watched = False  # in the sweeper's watch (see _IdleSweeper)
         self._sweeper = _sweeper_for(loop)

@@ -67,7 +67,8 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
 from ._framereader import FrameReader, Next
-from ._memory import keep_trimming, running_budget
+from ._memory import keep_trimming, running_budget, running_loop_key
+from ._policy import history_for
 from ._quirks import running_asyncio_loop, running_quirks
 from ._stats import ZCStats
 from ._wrap import refuse_tls
@@ -212,7 +213,7 @@ class ZCSocketStream(SocketStream):
         # a reset (see _quirks.py).
         self._rx = Receiver(sock.fileno(), self._config, self._buf.append,
                             eager_errors=running_quirks().collect_errors_eagerly,
-                            budget=running_budget())
+                            budget=running_budget(), history=history_for(running_loop_key()))
         self._frames.connect(self._gather, self._rx.end_gather)
         self._rx.on_release = self._on_release
         self._freed = False  # on_release fired since the last pump

@@ -26,7 +26,8 @@ import pytest
 import aiozc
 import aiozc.testing
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
-from aiozc._engine import Receiver
+from aiozc._engine import PUMP_EOF, Receiver
+from aiozc._policy import ProbeHistory, history_for
 
 from support import Peer, count_fds, count_maps, count_socket_maps, inq, payload, sha
 
@@ -927,3 +928,172 @@ class TestAutoWithAFrameReader:
         assert st.mode_switches == 0, st
 
 
+
+
+class TestProbeHistory:
+    """'auto' connections of one loop share what their probes measured.
+
+    Engine level, with a :class:`~aiozc._policy.ProbeHistory` of the test's
+    own (the transport takes its loop's: see test_the_loop_shares_one).  The
+    probe's verdict is steered as in TestAutoWithAFrameReader: the sink burns
+    CPU on the views of the mode that must look dear, inside the probe's
+    clock.
+    """
+
+    CONFIG = ZCConfig(zerocopy="auto", probe_after_bytes=0, probe_bytes=MiB)
+
+    def _receive(self, history: ProbeHistory, seed: int, dear: str | None) -> aiozc.ZCStats:
+        data = payload(8 * MiB, seed=seed)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+
+        def send() -> None:
+            sender = aiozc.testing.ZeroCopySender(client)
+            sender.send(data)
+            sender.flush()
+            client.shutdown(socket.SHUT_WR)
+
+        rx: Receiver
+        hasher = hashlib.sha256()
+
+        def sink(view: memoryview) -> None:
+            with view:
+                if rx.mode == dear and rx.stats().mode_switches == 0:
+                    end = time.thread_time() + 0.002
+                    while time.thread_time() < end:
+                        pass
+                hasher.update(view)
+
+        with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            done = pool.submit(send)
+            server.setblocking(False)
+            rx = Receiver(server.fileno(), self.CONFIG, sink, history=history)
+            try:
+                while (n := rx.pump()) != PUMP_EOF:
+                    if n == 0:
+                        select.select([server], [], [], 5)
+                done.result(30)
+                st = rx.stats()
+            finally:
+                rx.close()
+        assert hasher.hexdigest() == sha(data) and st.bytes_received == len(data)
+        return st
+
+    @staticmethod
+    def _modes(history: ProbeHistory, count: int) -> list[str]:
+        # Connections that receive nothing: with probe_after_bytes=0 the
+        # choice (probe or not) is made when the engine is made.
+        modes = []
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            pairs = []
+            for _ in range(count):
+                client = socket.create_connection(listener.getsockname())
+                pairs.append((listener.accept()[0], client))
+        for a, b in pairs:
+            with a, b:
+                rx = Receiver(a.fileno(), TestProbeHistory.CONFIG, history=history)
+                modes.append(rx.mode)
+                rx.close()
+        return modes
+
+    def test_three_copy_verdicts_in_a_row_skip_the_next_probe(self) -> None:
+        history = ProbeHistory()
+        for seed in range(3):
+            st = self._receive(history, seed, dear="zerocopy")
+            assert st.bytes_mapped > 0, st  # it probed: mapped some
+            assert "no cheaper" in str(st.fallback_reason), st
+        assert history.streak == 3 and history.probes_skipped == 0
+        st = self._receive(history, 3, dear=None)
+        # It copied everything from a peer whose pages map, and says why.
+        assert st.bytes_mapped == 0 and st.mode == "copy", st
+        assert "in a row on this event loop" in str(st.fallback_reason), st
+        assert st.mode_switches == 0, st
+        assert history.probes_skipped == 1
+
+    def test_one_connection_in_sixteen_still_probes(self) -> None:
+        history = ProbeHistory()
+        assert self._modes(history, 3) == ["zerocopy"] * 3  # no streak: all probe
+        for _ in range(3):
+            history.record(mapping_won=False)
+        modes = self._modes(history, 32)
+        assert [i for i, m in enumerate(modes) if m == "zerocopy"] == [15, 31], modes
+        assert history.probes_skipped == 30
+
+    def test_a_probe_that_finds_mapping_cheaper_ends_the_streak(self) -> None:
+        history = ProbeHistory()
+        for _ in range(3):
+            history.record(mapping_won=False)
+        assert set(self._modes(history, 15)) == {"copy"}
+        # The sixteenth probes, and finds copying dear (twice: mapping must
+        # win two probes in a row).
+        st = self._receive(history, 7, dear="copy")
+        assert st.mode == "zerocopy" and st.bytes_mapped > 0, st
+        assert history.streak == 0
+        assert self._modes(history, 4) == ["zerocopy"] * 4
+
+    @pytest.mark.asyncio
+    async def test_the_loop_shares_one(self) -> None:
+        loop = asyncio.get_running_loop()
+        history = history_for(loop)
+        for _ in range(3):
+            history.record(mapping_won=False)
+        data = payload(4 * MiB, seed=11)
+        config = ZCConfig(zerocopy="auto", probe_after_bytes=0, probe_bytes=MiB)
+        proto, stats = await receive(Peer(data, zerocopy=True), config)
+        assert proto.digest == sha(data)
+        assert stats.bytes_mapped == 0 and stats.mode == "copy", stats
+        assert "in a row on this event loop" in str(stats.fallback_reason), stats
+        assert history.probes_skipped == 1
+        # Another loop has a history of its own.
+        other_loop = asyncio.new_event_loop()
+        try:
+            other = history_for(other_loop)
+            assert other is not history and other.streak == 0
+        finally:
+            other_loop.close()
+
+    def test_probes_take_turns(self) -> None:
+        history = ProbeHistory()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            pairs = []
+            for _ in range(4):
+                client = socket.create_connection(listener.getsockname())
+                pairs.append((listener.accept()[0], client))
+        try:
+            rxs = [Receiver(a.fileno(), self.CONFIG, history=history) for a, _ in pairs[:3]]
+            # Two probe (mapping first); the third copies and waits its turn.
+            assert [rx.mode for rx in rxs] == ["zerocopy", "zerocopy", "copy"]
+            assert "other connections of this event loop" in str(rxs[2].fallback_reason)
+            assert history.probing == 2
+            # A closed connection gives its slot back.
+            rxs[0].close()
+            assert history.probing == 1
+            fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, history=history)
+            assert fourth.mode == "zerocopy" and history.probing == 2
+            # A prober gone idle gives its slot up only while another waits:
+            # the third asked for one.
+            rxs[1].release_idle()
+            assert history.probing == 1 and rxs[1].mode == "copy"
+            # Nobody waits now: an idle prober keeps its slot.
+            fourth.release_idle()
+            assert history.probing == 1 and fourth.mode == "zerocopy"
+            for rx in (*rxs[1:], fourth):
+                rx.close()
+            assert history.probing == 0
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    def test_a_dropped_engine_gives_its_slot_back(self) -> None:
+        history = ProbeHistory()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+        with client, server:
+            rx = Receiver(server.fileno(), self.CONFIG, history=history)
+            assert history.probing == 1
+            del rx
+            gc.collect()
+            assert history.probing == 0
