@@ -53,6 +53,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ._report import rank_sum_p
+
 #: Peers a ratio is taken against (the best of them in the same run).
 PEERS = ("asyncio BufferedProtocol", "aiofastnet BufferedProtocol", "asyncio Protocol")
 #: A change beyond this is flagged (the structure issue's criterion).
@@ -110,23 +112,6 @@ def run_tree(tree: str, names: list[str], cells: str, repeats: int) -> list[list
 
 
 Key = tuple[str, str, int, str]
-
-
-def rank_sum_p(a: list[float], b: list[float]) -> float:
-    """Two-sided p of the Mann-Whitney U test (normal approximation).
-
-    The MSG_ZEROCOPY cells are bimodal over loopback (a run is fast or
-    slow, 2-5x apart, in both trees alike), so a median of a dozen runs can
-    move by more than 3% with nothing changed; the test says whether the
-    two trees' runs differ at all.  With 132 cells, about 7 show p < 0.05
-    by chance alone.
-    """
-    n1, n2 = len(a), len(b)
-    if not n1 or not n2:
-        return 1.0
-    u = sum(1.0 if y > x else 0.5 if y == x else 0.0 for x in a for y in b)
-    sd = math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
-    return math.erfc(abs(u - n1 * n2 / 2) / sd / math.sqrt(2)) if sd else 1.0
 
 
 def compare(rows: dict[str, list[list[Any]]], old: str, new: str) -> list[str]:
