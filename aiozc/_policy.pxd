@@ -33,6 +33,7 @@ cdef class ProbeHistory:
 
 
 @cython.final
+@cython.no_gc_clear
 cdef class Policy:
     # what the engine reads on every round
     cdef int kind             # POLICY_*: ZCConfig.zerocopy, NEVER once copying for good

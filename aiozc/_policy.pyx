@@ -10,6 +10,7 @@ reports what each round received through :meth:`Policy.probe_sample` or
 number of switches end up in ``ZCStats``.
 """
 
+cimport cython
 from libc.errno cimport ENODEV, ENOPROTOOPT, EOPNOTSUPP
 from libc.stdint cimport int64_t, uint64_t
 
@@ -147,6 +148,7 @@ cdef str _warmup_reason(object nbytes):
     return reason
 
 
+@cython.no_gc_clear  # __dealloc__ gives its probing slot back to the history
 cdef class Policy:
     """The mode of one connection, and the accounting behind 'auto'.
 
@@ -356,7 +358,7 @@ cdef class Policy:
         self.reset_probe()
 
     cdef void release_slot(self) noexcept:
-        if self.has_slot:
+        if self.has_slot and self.history is not None:
             self.has_slot = False
             self.history.probing -= 1
 

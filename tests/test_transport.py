@@ -1097,3 +1097,12 @@ class TestProbeHistory:
             del rx
             gc.collect()
             assert history.probing == 0
+            # In a garbage cycle too (the collector may clear the engine's
+            # parts in any order; the slot must still come back).
+            holder: list[Any] = []
+            rx = Receiver(server.fileno(), self.CONFIG, holder.append, history=history)
+            holder.append(rx)
+            assert history.probing == 1
+            del rx, holder
+            gc.collect()
+            assert history.probing == 0
