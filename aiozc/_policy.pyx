@@ -332,6 +332,7 @@ cdef class Policy:
                 self.wait_for_slot()
                 return
             history.probing += 1
+            history.waiting = 0  # (those still waiting ask again, and say so)
             self.has_slot = True
         self.phase = PH_PROBE
         self.mode = MODE_ZC

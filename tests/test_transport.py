@@ -1066,18 +1066,17 @@ class TestProbeHistory:
             assert [rx.mode for rx in rxs] == ["zerocopy", "zerocopy", "copy"]
             assert "other connections of this event loop" in str(rxs[2].fallback_reason)
             assert history.probing == 2
-            # A closed connection gives its slot back.
-            rxs[0].close()
-            assert history.probing == 1
-            fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, history=history)
-            assert fourth.mode == "zerocopy" and history.probing == 2
-            # A prober gone idle gives its slot up only while another waits:
-            # the third asked for one.
+            # A prober gone idle gives its slot up while another waits...
             rxs[1].release_idle()
             assert history.probing == 1 and rxs[1].mode == "copy"
-            # Nobody waits now: an idle prober keeps its slot.
-            fourth.release_idle()
-            assert history.probing == 1 and fourth.mode == "zerocopy"
+            # ... and keeps it when none does.
+            rxs[0].release_idle()
+            assert history.probing == 1 and rxs[0].mode == "zerocopy"
+            # A closed connection gives its slot back.
+            rxs[0].close()
+            assert history.probing == 0
+            fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, history=history)
+            assert fourth.mode == "zerocopy" and history.probing == 1
             for rx in (*rxs[1:], fourth):
                 rx.close()
             assert history.probing == 0
