@@ -73,9 +73,9 @@ cdef str _WAITING_REASON = (
     "mapping pays")
 
 cdef str _SHARED_REASON = (
-    f"auto: {SHARED_STREAK} probes in a row on this event loop measured mapping no "
-    f"cheaper than copying; this connection copies without probing (one in "
-    f"{PROBE_ONE_IN} still probes)")
+    f"auto: {SHARED_STREAK} probes in a row on this event loop (by this connection or "
+    f"others) measured mapping no cheaper than copying, so its next probe was skipped "
+    f"(one in {PROBE_ONE_IN} still runs); it copies until the one after")
 
 
 cdef class ProbeHistory:
