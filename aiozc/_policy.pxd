@@ -25,7 +25,6 @@ cdef class ProbeHistory:
     cdef uint64_t decisions   # probes due while the streak stood
     cdef uint64_t skipped     # of those, not run
     cdef int probing          # connections probing now
-    cdef int waiting          # connections that found every probing slot taken
 
     cdef bint skip_probe(self) noexcept
     cdef void copy_won(self) noexcept
@@ -58,6 +57,8 @@ cdef class Policy:
     cdef int64_t until_reprobe
     cdef ProbeHistory history  # shared by the connections of a loop, or None
     cdef bint has_slot         # one of the history's probing slots is this one's
+    cdef bint probe_paused     # a probe stopped halfway (idle), to go on later
+    cdef int paused_mode       # the mode its slice was in
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept
     cdef void steady_sample(self, uint64_t mapped, uint64_t got) noexcept

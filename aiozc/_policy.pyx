@@ -54,8 +54,11 @@ cdef double ZC_MARGIN = 0.15
 # MAX_PROBING connections of a loop probe at once, and one whose probe is due
 # while every slot is taken copies on and asks again after probe_bytes / 8.
 # A slot is given back when its probe settles, when its connection closes,
-# and when its connection goes idle while another waits for a slot (a
-# connection that stopped sending mid-probe must not stop the loop learning).
+# and when its connection goes idle (an open connection that stopped sending
+# mid-probe must not stop the loop learning): then the probe pauses, keeps
+# what it measured, and its next round takes a slot again if one is free
+# (the anyio stream reports idleness at every wait on an empty queue, so a
+# pause costs two counts), or copies until one is.
 #
 # 2: two verdicts can come in at once, and the streak needs three.
 cdef int MAX_PROBING = 2
@@ -225,6 +228,16 @@ cdef class Policy:
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept:
         cdef double zc_cost, copy_cost, frac
+        if self.probe_paused:
+            # The first round after the connection went idle (leave_probe):
+            # a slot again, or copy until one is free (this round uncounted).
+            if self.history.probing >= MAX_PROBING:
+                self.paused_mode = self.mode
+                self.wait_for_slot()
+                return
+            self.history.probing += 1
+            self.has_slot = True
+            self.probe_paused = False
         if self.mode == MODE_ZC:
             self.zc_bytes += got
             self.zc_mapped += mapped
@@ -321,42 +334,50 @@ cdef class Policy:
     cdef void start_probe(self) noexcept:
         cdef ProbeHistory history = self.history
         if history is not None:
+            if history.probing >= MAX_PROBING:
+                self.wait_for_slot()
+                return
             # (Only a connection that copies takes the loop's word for it:
-            # one whose own probe picked mapping measures again.)
-            if self.settled_mode == MODE_COPY and history.skip_probe():
+            # one whose own probe picked mapping measures again.  A probe
+            # paused halfway goes on: it is no new decision.)
+            if (not self.probe_paused and self.settled_mode == MODE_COPY
+                    and history.skip_probe()):
                 # (settle() sets the next probe reprobe_bytes ahead.)
                 self.settle(MODE_COPY, _SHARED_REASON)
                 return
-            if history.probing >= MAX_PROBING:
-                history.waiting += 1
-                self.wait_for_slot()
-                return
             history.probing += 1
-            history.waiting = 0  # (those still waiting ask again, and say so)
             self.has_slot = True
         self.phase = PH_PROBE
+        if self.probe_paused:
+            # Where it stopped: same slice, same mode, what it measured kept.
+            self.probe_paused = False
+            self.mode = self.paused_mode
+            return
         self.mode = MODE_ZC
         self.reset_probe()
 
     cdef void leave_probe(self) noexcept:
-        """Give up a probe in progress, for a connection gone idle while
-        another waits for a probing slot: it receives as it did before the
-        probe, and asks for a slot again after probe_bytes / 8."""
-        if self.phase != PH_PROBE or not self.has_slot or not self.history.waiting:
+        """A connection gone idle gives its probing slot back to the loop at
+        once (an open connection that stopped sending halfway through a
+        probe must not stop the others probing).  The probe only pauses:
+        its next round takes a slot again and goes on, what it measured
+        kept, or, with none free, copies and waits for one."""
+        if self.phase != PH_PROBE or not self.has_slot:
             return
-        self.history.waiting = 0
         self.release_slot()
-        self.wait_for_slot()
+        self.probe_paused = True
 
     cdef void wait_for_slot(self) noexcept:
         # Copying, the mode that costs least where mapping does not pay
         # (and little more where it does), until the next ask.  The settled
         # mode stays: one that had settled on mapping must measure again.
+        # A paused probe keeps what it measured.
         self.mode = MODE_COPY
         self.phase = PH_STEADY
         self.until_reprobe = <int64_t>(self.probe_bytes // 8)
         self.reason = _WAITING_REASON
-        self.reset_probe()
+        if not self.probe_paused:
+            self.reset_probe()
 
     cdef void release_slot(self) noexcept:
         if self.has_slot and self.history is not None:
@@ -365,6 +386,7 @@ cdef class Policy:
 
     cdef void settle(self, int mode, object reason) noexcept:
         self.release_slot()
+        self.probe_paused = False
         if mode != self.settled_mode:
             self.settled_mode = mode
             self.mode_switches += 1
@@ -381,6 +403,7 @@ cdef class Policy:
 
     cdef void copy_for_good(self, int err, str what):
         self.release_slot()
+        self.probe_paused = False
         self.kind = POLICY_NEVER
         self.phase = PH_STEADY
         if self.mode != MODE_COPY:

@@ -1061,22 +1061,41 @@ class TestProbeHistory:
                 client = socket.create_connection(listener.getsockname())
                 pairs.append((listener.accept()[0], client))
         try:
-            rxs = [Receiver(a.fileno(), self.CONFIG, history=history) for a, _ in pairs[:3]]
+            def release(view: memoryview) -> None:
+                view.release()
+
+            rxs = [Receiver(a.fileno(), self.CONFIG, release, history=history)
+                   for a, _ in pairs[:3]]
             # Two probe (mapping first); the third copies and waits its turn.
             assert [rx.mode for rx in rxs] == ["zerocopy", "zerocopy", "copy"]
             assert "other connections of this event loop" in str(rxs[2].fallback_reason)
             assert history.probing == 2
-            # A prober gone idle gives its slot up while another waits...
+            # A prober gone idle gives its slot back at once; its probe only
+            # pauses, keeping what it measured.
             rxs[1].release_idle()
-            assert history.probing == 1 and rxs[1].mode == "copy"
-            # ... and keeps it when none does.
-            rxs[0].release_idle()
-            assert history.probing == 1 and rxs[0].mode == "zerocopy"
-            # A closed connection gives its slot back.
+            assert history.probing == 1 and rxs[1].mode == "zerocopy"
+            fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, release, history=history)
+            assert fourth.mode == "zerocopy" and history.probing == 2
+            # Its next round finds no slot free: it copies and waits for one.
+            server, client = pairs[1]
+            server.setblocking(False)
+
+            def receive(nbytes: int) -> None:
+                client.sendall(b"x" * nbytes)
+                got = 0
+                while got < nbytes:
+                    select.select([server], [], [], 5)
+                    got += max(rxs[1].pump(), 0)
+
+            receive(4096)
+            assert rxs[1].mode == "copy" and history.probing == 2
+            assert "other connections of this event loop" in str(rxs[1].fallback_reason)
+            # A closed connection gives its slot back; at its next ask (after
+            # probe_bytes / 8) the paused probe takes it and goes on mapping.
             rxs[0].close()
-            assert history.probing == 0
-            fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, history=history)
-            assert fourth.mode == "zerocopy" and history.probing == 1
+            assert history.probing == 1
+            receive(160 * 1024)
+            assert rxs[1].mode == "zerocopy" and history.probing == 2
             for rx in (*rxs[1:], fourth):
                 rx.close()
             assert history.probing == 0
@@ -1105,3 +1124,59 @@ class TestProbeHistory:
             del rx, holder
             gc.collect()
             assert history.probing == 0
+
+    def test_a_probe_paused_by_idleness_goes_on_to_its_verdict(self) -> None:
+        # The peer sends in bursts of 256 KiB and waits for each to be read;
+        # between bursts the connection goes idle (release_idle, as the
+        # loops' drivers call it) and its probe pauses.  The probe needs
+        # 2 MiB (1 MiB mapped, 1 MiB copied): it only gets there if each
+        # pause keeps what it measured.
+        history = ProbeHistory()
+        burst, bursts = 256 * 1024, 32
+        data = payload(burst * bursts, seed=41)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+        read = threading.Semaphore(0)
+
+        def send() -> None:
+            sender = aiozc.testing.ZeroCopySender(client)
+            for i in range(bursts):
+                sender.send(data[i * burst:(i + 1) * burst])
+                sender.flush()
+                assert read.acquire(timeout=30)
+            client.shutdown(socket.SHUT_WR)
+
+        rx: Receiver
+        hasher = hashlib.sha256()
+
+        def sink(view: memoryview) -> None:
+            with view:
+                if rx.mode == "zerocopy" and rx.stats().mode_switches == 0:
+                    end = time.thread_time() + 0.002  # mapping looks dear
+                    while time.thread_time() < end:
+                        pass
+                hasher.update(view)
+
+        with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            done = pool.submit(send)
+            server.setblocking(False)
+            rx = Receiver(server.fileno(), self.CONFIG, sink, history=history)
+            got = pauses = 0
+            try:
+                while (n := rx.pump()) != PUMP_EOF:
+                    got += max(n, 0)
+                    if n == 0:
+                        if got and got % burst == 0:
+                            rx.release_idle()  # a burst read: idle now
+                            pauses += 1
+                            read.release()
+                        select.select([server], [], [], 5)
+                done.result(30)
+                st = rx.stats()
+            finally:
+                rx.close()
+        assert hasher.hexdigest() == sha(data)
+        assert pauses >= bursts // 2, pauses
+        assert st.bytes_mapped > 0 and "no cheaper" in str(st.fallback_reason), st
+        assert history.streak == 1 and history.probing == 0
