@@ -942,6 +942,23 @@ class TestProbeHistory:
 
     CONFIG = ZCConfig(zerocopy="auto", probe_after_bytes=0, probe_bytes=MiB)
 
+    @staticmethod
+    def _steer(engine: list[Receiver], dear: str | None, hasher: Any) -> Any:
+        """A sink that hashes every view and, while the engine (``engine[0]``)
+        is in mode ``dear`` and has not switched, burns 2 ms of CPU per view
+        inside the probe's clock: that mode measures dear."""
+
+        def sink(view: memoryview) -> None:
+            with view:
+                rx = engine[0]
+                if rx.mode == dear and rx.stats().mode_switches == 0:
+                    end = time.thread_time() + 0.002
+                    while time.thread_time() < end:
+                        pass
+                hasher.update(view)
+
+        return sink
+
     def _receive(self, history: ProbeHistory, seed: int, dear: str | None) -> aiozc.ZCStats:
         data = payload(8 * MiB, seed=seed)
         with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -954,21 +971,14 @@ class TestProbeHistory:
             sender.flush()
             client.shutdown(socket.SHUT_WR)
 
-        rx: Receiver
         hasher = hashlib.sha256()
-
-        def sink(view: memoryview) -> None:
-            with view:
-                if rx.mode == dear and rx.stats().mode_switches == 0:
-                    end = time.thread_time() + 0.002
-                    while time.thread_time() < end:
-                        pass
-                hasher.update(view)
-
+        engine: list[Receiver] = []
         with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
             done = pool.submit(send)
             server.setblocking(False)
-            rx = Receiver(server.fileno(), self.CONFIG, sink, history=history)
+            rx = Receiver(server.fileno(), self.CONFIG, self._steer(engine, dear, hasher),
+                          history=history)
+            engine.append(rx)
             try:
                 while (n := rx.pump()) != PUMP_EOF:
                     if n == 0:
@@ -1147,21 +1157,14 @@ class TestProbeHistory:
                 assert read.acquire(timeout=30)
             client.shutdown(socket.SHUT_WR)
 
-        rx: Receiver
         hasher = hashlib.sha256()
-
-        def sink(view: memoryview) -> None:
-            with view:
-                if rx.mode == "zerocopy" and rx.stats().mode_switches == 0:
-                    end = time.thread_time() + 0.002  # mapping looks dear
-                    while time.thread_time() < end:
-                        pass
-                hasher.update(view)
-
+        engine: list[Receiver] = []
         with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
             done = pool.submit(send)
             server.setblocking(False)
-            rx = Receiver(server.fileno(), self.CONFIG, sink, history=history)
+            rx = Receiver(server.fileno(), self.CONFIG,
+                          self._steer(engine, "zerocopy", hasher), history=history)
+            engine.append(rx)
             got = pauses = 0
             try:
                 while (n := rx.pump()) != PUMP_EOF:
