@@ -236,9 +236,6 @@ cdef class Receiver:
         receive takes what it needs again (and still finds clean regions
         to map into, for the TLB-clean hint).
         """
-        if self.fd >= 0:
-            # (A probe pauses and gives its slot back in any case.)
-            self.policy.leave_probe()
         if self.fd >= 0 and self.gidx < 0 and not self.pending:
             self.pool.release_idle()
 

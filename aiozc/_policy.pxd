@@ -18,13 +18,22 @@ cdef enum:
     PH_STEADY = 0
     PH_PROBE = 1
 
+cdef enum:
+    MAX_PROBING = 2           # connections of a loop probing at once (see _policy.pyx)
+
 
 @cython.final
 cdef class ProbeHistory:
     cdef int streak           # probes in a row that found mapping no cheaper
     cdef uint64_t decisions   # probes due while the streak stood
     cdef uint64_t skipped     # of those, not run
-    cdef int probing          # connections probing now
+    cdef int probing          # slots held now
+    cdef bint held[MAX_PROBING]
+    cdef unsigned int gen[MAX_PROBING]    # bumped when a slot is taken from its holder
+    cdef long long seen[MAX_PROBING]      # its holder's last probe round (coarse ns)
+
+    cdef int take_slot(self, unsigned int *gen) noexcept
+    cdef void give_slot(self, int slot, unsigned int gen) noexcept
 
     cdef bint skip_probe(self) noexcept
     cdef void copy_won(self) noexcept
@@ -56,8 +65,9 @@ cdef class Policy:
     cdef uint64_t assembled   # bytes the reader copied to join mapped views
     cdef int64_t until_reprobe
     cdef ProbeHistory history  # shared by the connections of a loop, or None
-    cdef bint has_slot         # one of the history's probing slots is this one's
-    cdef bint probe_paused     # a probe stopped halfway (idle), to go on later
+    cdef int slot              # the history's probing slot it holds, or -1
+    cdef unsigned int slot_gen # that slot's generation when taken
+    cdef bint probe_paused     # a probe whose slot was taken halfway, to go on later
     cdef int paused_mode       # the mode its slice was in
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept
@@ -66,7 +76,7 @@ cdef class Policy:
     cdef void settle(self, int mode, object reason) noexcept
     cdef void reset_probe(self) noexcept
     cdef void start_probe(self) noexcept
-    cdef void leave_probe(self) noexcept
+    cdef bint keep_slot(self) noexcept
     cdef void wait_for_slot(self) noexcept
     cdef void release_slot(self) noexcept
     cdef void copy_for_good(self, int err, str what)

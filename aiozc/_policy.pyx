@@ -13,6 +13,7 @@ number of switches end up in ``ZCStats``.
 cimport cython
 from libc.errno cimport ENODEV, ENOPROTOOPT, EOPNOTSUPP
 from libc.stdint cimport int64_t, uint64_t
+from posix.time cimport clock_gettime, timespec
 
 import os as _os
 import weakref as _weakref
@@ -27,6 +28,17 @@ import weakref as _weakref
 # really pays (the kernel's tcp_mmap reports 2.5x less CPU on bare metal), a
 # 15% margin changes nothing.
 cdef double ZC_MARGIN = 0.15
+
+
+cdef extern from "<time.h>" nogil:
+    enum: CLOCK_MONOTONIC_COARSE
+
+
+cdef long long _coarse_ns() noexcept:
+    # Slots go stale on a scale of 0.2 s: the vDSO's coarse clock will do.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 # -- what the connections of one loop learned by probing ------------------------
@@ -53,15 +65,21 @@ cdef double ZC_MARGIN = 0.15
 # together, and all would probe before any verdict is in: so at most
 # MAX_PROBING connections of a loop probe at once, and one whose probe is due
 # while every slot is taken copies on and asks again after probe_bytes / 8.
-# A slot is given back when its probe settles, when its connection closes,
-# and when its connection goes idle (an open connection that stopped sending
-# mid-probe must not stop the loop learning): then the probe pauses, keeps
-# what it measured, and its next round takes a slot again if one is free
-# (the anyio stream reports idleness at every wait on an empty queue, so a
-# pause costs two counts), or copies until one is.
+# A slot is given back when its probe settles and when its connection
+# closes.  An open connection that stopped sending halfway through its probe
+# must not stop the loop learning, and one that merely waits between bursts
+# must not lose its turn (the anyio stream says "idle" at every wait on an
+# empty queue): so a slot whose holder made no probe round for STALE_NS may
+# be taken by a connection that asks for one.  The holder learns it at its
+# next round (the slot's generation moved), keeps what it measured, copies,
+# and asks again after probe_bytes / 8; its probe goes on where it stopped.
 #
-# 2: two verdicts can come in at once, and the streak needs three.
-cdef int MAX_PROBING = 2
+# MAX_PROBING (_policy.pxd) is 2: two verdicts can come in at once, and the
+# streak needs three.
+#
+# 0.2 s: a connection that receives at all makes a round every few ms (a
+# round per receive); 0.2 s without one is a pause in the peer's sending.
+cdef long long STALE_NS = 200000000
 # 3: one probe can be noise (the margin and the two-wins rule guard the
 # other direction, mapping); three in a row that agree are the machine.
 cdef int SHARED_STREAK = 3
@@ -120,6 +138,32 @@ cdef class ProbeHistory:
         self.skipped += 1
         return True
 
+    cdef int take_slot(self, unsigned int *gen) noexcept:
+        """A free probing slot, or a stale one taken from its holder; -1 if none."""
+        cdef long long now = _coarse_ns()
+        cdef int i
+        cdef int stale = -1
+        for i in range(MAX_PROBING):
+            if not self.held[i]:
+                self.held[i] = True
+                self.probing += 1
+                self.seen[i] = now
+                gen[0] = self.gen[i]
+                return i
+            if now - self.seen[i] >= STALE_NS:
+                stale = i
+        if stale >= 0:
+            self.gen[stale] += 1  # its holder finds out at its next round
+            self.seen[stale] = now
+            gen[0] = self.gen[stale]
+            return stale
+        return -1
+
+    cdef void give_slot(self, int slot, unsigned int gen) noexcept:
+        if self.gen[slot] == gen:  # (not if it was taken from us)
+            self.held[slot] = False
+            self.probing -= 1
+
     cdef void copy_won(self) noexcept:
         self.streak += 1
 
@@ -163,6 +207,7 @@ cdef class Policy:
 
     def __cinit__(self, config, ProbeHistory history=None):
         self.history = history
+        self.slot = -1
         self.probe_bytes = config.probe_bytes
         self.reprobe_bytes = config.reprobe_bytes
         self.min_mapped_fraction = config.min_mapped_fraction
@@ -228,16 +273,14 @@ cdef class Policy:
 
     cdef void probe_sample(self, uint64_t mapped, uint64_t got, int64_t ns) noexcept:
         cdef double zc_cost, copy_cost, frac
-        if self.probe_paused:
-            # The first round after the connection went idle (leave_probe):
-            # a slot again, or copy until one is free (this round uncounted).
-            if self.history.probing >= MAX_PROBING:
-                self.paused_mode = self.mode
-                self.wait_for_slot()
-                return
-            self.history.probing += 1
-            self.has_slot = True
-            self.probe_paused = False
+        if self.slot >= 0 and not self.keep_slot():
+            # Its slot was taken while it sent nothing (see STALE_NS): this
+            # round is not counted, and the probe waits for a slot.
+            self.paused_mode = self.mode
+            self.probe_paused = True
+            self.slot = -1
+            self.wait_for_slot()
+            return
         if self.mode == MODE_ZC:
             self.zc_bytes += got
             self.zc_mapped += mapped
@@ -333,20 +376,24 @@ cdef class Policy:
 
     cdef void start_probe(self) noexcept:
         cdef ProbeHistory history = self.history
+        cdef unsigned int gen = 0
+        cdef int slot
         if history is not None:
-            if history.probing >= MAX_PROBING:
-                self.wait_for_slot()
-                return
             # (Only a connection that copies takes the loop's word for it:
             # one whose own probe picked mapping measures again.  A probe
             # paused halfway goes on: it is no new decision.)
             if (not self.probe_paused and self.settled_mode == MODE_COPY
+                    and history.streak >= SHARED_STREAK and history.probing < MAX_PROBING
                     and history.skip_probe()):
                 # (settle() sets the next probe reprobe_bytes ahead.)
                 self.settle(MODE_COPY, _SHARED_REASON)
                 return
-            history.probing += 1
-            self.has_slot = True
+            slot = history.take_slot(&gen)
+            if slot < 0:
+                self.wait_for_slot()
+                return
+            self.slot = slot
+            self.slot_gen = gen
         self.phase = PH_PROBE
         if self.probe_paused:
             # Where it stopped: same slice, same mode, what it measured kept.
@@ -356,16 +403,13 @@ cdef class Policy:
         self.mode = MODE_ZC
         self.reset_probe()
 
-    cdef void leave_probe(self) noexcept:
-        """A connection gone idle gives its probing slot back to the loop at
-        once (an open connection that stopped sending halfway through a
-        probe must not stop the others probing).  The probe only pauses:
-        its next round takes a slot again and goes on, what it measured
-        kept, or, with none free, copies and waits for one."""
-        if self.phase != PH_PROBE or not self.has_slot:
-            return
-        self.release_slot()
-        self.probe_paused = True
+    cdef bint keep_slot(self) noexcept:
+        """Still this connection's slot (and noted as active), or taken."""
+        cdef ProbeHistory history = self.history
+        if history.gen[self.slot] != self.slot_gen:
+            return False
+        history.seen[self.slot] = _coarse_ns()
+        return True
 
     cdef void wait_for_slot(self) noexcept:
         # Copying, the mode that costs least where mapping does not pay
@@ -380,9 +424,9 @@ cdef class Policy:
             self.reset_probe()
 
     cdef void release_slot(self) noexcept:
-        if self.has_slot and self.history is not None:
-            self.has_slot = False
-            self.history.probing -= 1
+        if self.slot >= 0 and self.history is not None:
+            self.history.give_slot(self.slot, self.slot_gen)
+            self.slot = -1
 
     cdef void settle(self, int mode, object reason) noexcept:
         self.release_slot()

@@ -1080,13 +1080,17 @@ class TestProbeHistory:
             assert [rx.mode for rx in rxs] == ["zerocopy", "zerocopy", "copy"]
             assert "other connections of this event loop" in str(rxs[2].fallback_reason)
             assert history.probing == 2
-            # A prober gone idle gives its slot back at once; its probe only
-            # pauses, keeping what it measured.
+            # An idle prober keeps its slot (a pause between bursts is no
+            # reason to lose its turn)...
             rxs[1].release_idle()
-            assert history.probing == 1 and rxs[1].mode == "zerocopy"
+            assert history.probing == 2 and rxs[1].mode == "zerocopy"
+            # ... until it made no probe round for STALE_NS (0.2 s) and
+            # another connection asks: that one takes it.
+            time.sleep(0.25)
             fourth = Receiver(pairs[3][0].fileno(), self.CONFIG, release, history=history)
             assert fourth.mode == "zerocopy" and history.probing == 2
-            # Its next round finds no slot free: it copies and waits for one.
+            # The one it was taken from (the last stale one, rxs[1]) finds out
+            # at its next round: it copies and waits for a slot.
             server, client = pairs[1]
             server.setblocking(False)
 
@@ -1101,7 +1105,8 @@ class TestProbeHistory:
             assert rxs[1].mode == "copy" and history.probing == 2
             assert "other connections of this event loop" in str(rxs[1].fallback_reason)
             # A closed connection gives its slot back; at its next ask (after
-            # probe_bytes / 8) the paused probe takes it and goes on mapping.
+            # probe_bytes / 8) the paused probe takes it and goes on mapping,
+            # what it had measured kept.
             rxs[0].close()
             assert history.probing == 1
             receive(160 * 1024)
@@ -1135,12 +1140,12 @@ class TestProbeHistory:
             gc.collect()
             assert history.probing == 0
 
-    def test_a_probe_paused_by_idleness_goes_on_to_its_verdict(self) -> None:
+    def test_a_probe_idle_between_bursts_goes_on_to_its_verdict(self) -> None:
         # The peer sends in bursts of 256 KiB and waits for each to be read;
         # between bursts the connection goes idle (release_idle, as the
-        # loops' drivers call it) and its probe pauses.  The probe needs
-        # 2 MiB (1 MiB mapped, 1 MiB copied): it only gets there if each
-        # pause keeps what it measured.
+        # loops' drivers call it: the anyio stream at every wait on an empty
+        # queue).  The probe needs 2 MiB (1 MiB mapped, 1 MiB copied): it
+        # only gets there if idleness neither ends it nor costs its turn.
         history = ProbeHistory()
         burst, bursts = 256 * 1024, 32
         data = payload(burst * bursts, seed=41)
