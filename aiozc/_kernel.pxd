@@ -66,6 +66,15 @@ cdef extern from *:
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
         return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
+
+    /* For decisions on a scale of 0.1 s and more (the slab stores' decay,
+       a probing slot gone stale): the coarse clock (a few ms of
+       resolution) is read from the vDSO without the TSC read and scaling. */
+    static inline int64_t aiozc_coarse_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
     """
     struct aiozc_zc_receive:
         uint64_t address
@@ -84,6 +93,7 @@ cdef extern from *:
     int AIOZC_TCP_ZEROCOPY_RECEIVE
     int AIOZC_ZC_FLAG_TLB_CLEAN_HINT
     long long aiozc_thread_cpu_ns() nogil
+    long long aiozc_coarse_ns() nogil
     int aiozc_disconnect(int fd) nogil
     unsigned aiozc_touch(const char *p, size_t n) nogil
 

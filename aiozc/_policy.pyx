@@ -13,7 +13,8 @@ number of switches end up in ``ZCStats``.
 cimport cython
 from libc.errno cimport ENODEV, ENOPROTOOPT, EOPNOTSUPP
 from libc.stdint cimport int64_t, uint64_t
-from posix.time cimport clock_gettime, timespec
+
+from aiozc._kernel cimport aiozc_coarse_ns
 
 import os as _os
 import weakref as _weakref
@@ -28,17 +29,6 @@ import weakref as _weakref
 # really pays (the kernel's tcp_mmap reports 2.5x less CPU on bare metal), a
 # 15% margin changes nothing.
 cdef double ZC_MARGIN = 0.15
-
-
-cdef extern from "<time.h>" nogil:
-    enum: CLOCK_MONOTONIC_COARSE
-
-
-cdef long long _coarse_ns() noexcept:
-    # Slots go stale on a scale of 0.2 s: the vDSO's coarse clock will do.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 # -- what the connections of one loop learned by probing ------------------------
@@ -140,7 +130,7 @@ cdef class ProbeHistory:
 
     cdef int take_slot(self, unsigned int *gen) noexcept:
         """A free probing slot, or a stale one taken from its holder; -1 if none."""
-        cdef long long now = _coarse_ns()
+        cdef long long now = aiozc_coarse_ns()
         cdef int i
         cdef int stale = -1
         for i in range(MAX_PROBING):
@@ -408,7 +398,7 @@ cdef class Policy:
         cdef ProbeHistory history = self.history
         if history.gen[self.slot] != self.slot_gen:
             return False
-        history.seen[self.slot] = _coarse_ns()
+        history.seen[self.slot] = aiozc_coarse_ns()
         return True
 
     cdef void wait_for_slot(self) noexcept:

@@ -28,10 +28,9 @@ from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memmove, memset
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-
 from aiozc._kernel cimport (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE,
-                            MAP_SHARED, PROT_READ, PROT_WRITE, madvise, mmap, munmap)
+                            MAP_SHARED, PROT_READ, PROT_WRITE, aiozc_coarse_ns, madvise,
+                            mmap, munmap)
 
 from builtins import memoryview as _MemoryView
 
@@ -97,19 +96,6 @@ cdef void _drop_pages(char *ptr, size_t used) noexcept:
     madvise(ptr - SKEW, length, MADV_DONTNEED)
 
 
-cdef extern from "<time.h>" nogil:
-    enum: CLOCK_MONOTONIC_COARSE
-
-
-cdef long long _now_ns() noexcept:
-    # The store's clock decides things on a scale of 0.2 to 1 s; the coarse
-    # clock (a few ms of resolution) is read from the vDSO without the
-    # TSC read and scaling, and give() reads it once per pump.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
 # -- copy slabs shared by every connection -------------------------------------
 #
 # A connection needs a copy slab only while it receives and while views over
@@ -144,7 +130,7 @@ cdef class SlabStore:
 
     def __cinit__(self, size_t slab_size):
         self.slab_size = slab_size
-        self.demand_at = _now_ns()
+        self.demand_at = aiozc_coarse_ns()
 
     def __dealloc__(self):
         cdef int i
@@ -187,7 +173,7 @@ cdef class SlabStore:
         again, and drop the pages of those free for longer than COLD_AFTER_NS
         (the longest-unused first: the stack's bottom)."""
         cdef int k, i
-        cdef long long now = _now_ns()
+        cdef long long now = aiozc_coarse_ns()
         self.trimmed_at = now
         self._decay(now)
         k = self.nfree - <int>max(<Py_ssize_t>KEEP_FREE, self.demand - self.in_use)
@@ -211,7 +197,7 @@ cdef class SlabStore:
         cdef char **slabs
         cdef size_t *sizes
         cdef long long *since
-        cdef long long now = _now_ns()
+        cdef long long now = aiozc_coarse_ns()
         cdef int cap
         self.in_use -= 1
         if self.nfree == self.cap:

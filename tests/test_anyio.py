@@ -34,6 +34,8 @@ import aiozc
 import aiozc.anyio
 import aiozc.testing
 from aiozc import ZCConfig
+from aiozc._memory import running_loop_key
+from aiozc._policy import history_for
 from aiozc._pool import is_pool_view
 from aiozc.anyio import (
     ZCAttribute,
@@ -154,6 +156,25 @@ class TestIntegrity:
             # The kernel mapped the MSG_ZEROCOPY peer's pages.
             assert stats.mode == "zerocopy"
             assert stats.mapped_fraction > 0.8, stats
+
+    async def test_streams_of_one_run_share_what_probes_measured(self) -> None:
+        # The streams of one event loop (trio: one run) share a ProbeHistory:
+        # three verdicts for copying there, and the next stream skips its
+        # probe, from a MSG_ZEROCOPY peer whose pages would map.
+        history = history_for(running_loop_key())
+        for _ in range(3):
+            history.record(mapping_won=False)
+        data = payload(4 * MiB, seed=26)
+        peer = Peer(data, zerocopy=True)
+        config = ZCConfig(zerocopy="auto", probe_after_bytes=0, probe_bytes=MiB)
+        async with await connect(peer, config) as stream:
+            digest, received, _ = await drain(stream)
+            stats = stream.stats
+        await join(peer)
+        assert digest == sha(data) and received == len(data)
+        assert stats.bytes_mapped == 0 and stats.mode == "copy", stats
+        assert "in a row on this event loop" in str(stats.fallback_reason), stats
+        assert history.probes_skipped == 1 and history.probing == 0
 
     @pytest.mark.parametrize("size", [1, 65537, 8 * MiB + 1])
     @pytest.mark.parametrize("policy", ["always", "auto"])

@@ -959,20 +959,31 @@ class TestProbeHistory:
 
         return sink
 
-    def _receive(self, history: ProbeHistory, seed: int, dear: str | None) -> aiozc.ZCStats:
-        data = payload(8 * MiB, seed=seed)
+    def _receive(self, history: ProbeHistory, data: bytes, dear: str | None,
+                 burst: int = 0) -> tuple[aiozc.ZCStats, int]:
+        """``data`` from a MSG_ZEROCOPY peer through an engine sharing
+        ``history``, hashed at both ends; its stats, and how often it went
+        idle.  With ``burst``, the peer sends bursts of that size and waits
+        for each to be read, the connection going idle (release_idle, as the
+        loops' drivers call it) in between."""
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
             server, _ = listener.accept()
+        read = threading.Semaphore(0)
+        step = burst or len(data)
 
         def send() -> None:
             sender = aiozc.testing.ZeroCopySender(client)
-            sender.send(data)
-            sender.flush()
+            for i in range(0, len(data), step):
+                sender.send(data[i:i + step])
+                sender.flush()
+                if burst:
+                    assert read.acquire(timeout=30)
             client.shutdown(socket.SHUT_WR)
 
         hasher = hashlib.sha256()
         engine: list[Receiver] = []
+        got = pauses = 0
         with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
             done = pool.submit(send)
             server.setblocking(False)
@@ -981,14 +992,19 @@ class TestProbeHistory:
             engine.append(rx)
             try:
                 while (n := rx.pump()) != PUMP_EOF:
+                    got += max(n, 0)
                     if n == 0:
+                        if burst and got and got % burst == 0:
+                            rx.release_idle()  # a burst read: idle now
+                            pauses += 1
+                            read.release()
                         select.select([server], [], [], 5)
                 done.result(30)
                 st = rx.stats()
             finally:
                 rx.close()
         assert hasher.hexdigest() == sha(data) and st.bytes_received == len(data)
-        return st
+        return st, pauses
 
     @staticmethod
     def _modes(history: ProbeHistory, count: int) -> list[str]:
@@ -1010,11 +1026,11 @@ class TestProbeHistory:
     def test_three_copy_verdicts_in_a_row_skip_the_next_probe(self) -> None:
         history = ProbeHistory()
         for seed in range(3):
-            st = self._receive(history, seed, dear="zerocopy")
+            st, _ = self._receive(history, payload(8 * MiB, seed=seed), dear="zerocopy")
             assert st.bytes_mapped > 0, st  # it probed: mapped some
             assert "no cheaper" in str(st.fallback_reason), st
         assert history.streak == 3 and history.probes_skipped == 0
-        st = self._receive(history, 3, dear=None)
+        st, _ = self._receive(history, payload(8 * MiB, seed=3), dear=None)
         # It copied everything from a peer whose pages map, and says why.
         assert st.bytes_mapped == 0 and st.mode == "copy", st
         assert "in a row on this event loop" in str(st.fallback_reason), st
@@ -1037,7 +1053,7 @@ class TestProbeHistory:
         assert set(self._modes(history, 15)) == {"copy"}
         # The sixteenth probes, and finds copying dear (twice: mapping must
         # win two probes in a row).
-        st = self._receive(history, 7, dear="copy")
+        st, _ = self._receive(history, payload(8 * MiB, seed=7), dear="copy")
         assert st.mode == "zerocopy" and st.bytes_mapped > 0, st
         assert history.streak == 0
         assert self._modes(history, 4) == ["zerocopy"] * 4
@@ -1148,43 +1164,8 @@ class TestProbeHistory:
         # only gets there if idleness neither ends it nor costs its turn.
         history = ProbeHistory()
         burst, bursts = 256 * 1024, 32
-        data = payload(burst * bursts, seed=41)
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            client = socket.create_connection(listener.getsockname())
-            server, _ = listener.accept()
-        read = threading.Semaphore(0)
-
-        def send() -> None:
-            sender = aiozc.testing.ZeroCopySender(client)
-            for i in range(bursts):
-                sender.send(data[i * burst:(i + 1) * burst])
-                sender.flush()
-                assert read.acquire(timeout=30)
-            client.shutdown(socket.SHUT_WR)
-
-        hasher = hashlib.sha256()
-        engine: list[Receiver] = []
-        with client, server, concurrent.futures.ThreadPoolExecutor(1) as pool:
-            done = pool.submit(send)
-            server.setblocking(False)
-            rx = Receiver(server.fileno(), self.CONFIG,
-                          self._steer(engine, "zerocopy", hasher), history=history)
-            engine.append(rx)
-            got = pauses = 0
-            try:
-                while (n := rx.pump()) != PUMP_EOF:
-                    got += max(n, 0)
-                    if n == 0:
-                        if got and got % burst == 0:
-                            rx.release_idle()  # a burst read: idle now
-                            pauses += 1
-                            read.release()
-                        select.select([server], [], [], 5)
-                done.result(30)
-                st = rx.stats()
-            finally:
-                rx.close()
-        assert hasher.hexdigest() == sha(data)
+        st, pauses = self._receive(history, payload(burst * bursts, seed=41), "zerocopy",
+                                   burst=burst)
         assert pauses >= bursts // 2, pauses
         assert st.bytes_mapped > 0 and "no cheaper" in str(st.fallback_reason), st
         assert history.streak == 1 and history.probing == 0
