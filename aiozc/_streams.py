@@ -81,6 +81,9 @@ class ZCStreamReader(asyncio.StreamReader):
         self._frames = FrameReader()
         self._views = self._frames.buffer
         self._zc: ZCTransport | None = None
+        # Frames under this many bytes are never gathered (the transport's
+        # min_gather_size): _fill waits for them without the frame reader.
+        self._small = 0
         # Flow control's two marks, computed once (see _PAUSE_FLOOR).
         self._pause_above = max(2 * self._limit, _PAUSE_FLOOR)
         self._resume_below = max(self._limit, _PAUSE_FLOOR // 2)
@@ -118,8 +121,8 @@ class ZCStreamReader(asyncio.StreamReader):
         super().set_transport(transport)
         if isinstance(transport, ZCTransport):
             self._zc = transport
-            self._frames.connect(transport.gather, transport.end_gather,
-                                 transport.min_gather_size)
+            self._small = transport.min_gather_size
+            self._frames.connect(transport.gather, transport.end_gather, self._small)
 
     def feed_eof(self) -> None:
         """The peer closed its side: what is queued is all there will be."""
@@ -271,10 +274,29 @@ class ZCStreamReader(asyncio.StreamReader):
             raise ValueError("readexactly size can not be less than zero")
         if self._exception is not None:
             raise self._exception
-        if len(self._views) >= n:
+        views = self._views
+        if len(views) >= n:
             return
-        frames = self._frames
         zc = self._zc
+        # A frame smaller than the engine ever gathers (every header, and
+        # an RPC server's requests) needs none of the frame reader: no
+        # gather to ask for, none to end.  Its wait is this loop alone,
+        # which saves 4 of the ~58 Python calls per request of a streams
+        # RPC server with one request in flight (3-6% of its CPU with 100
+        # and 1,000 connections; benchmarks/results/2026-11-28-rpc-streams.md).
+        # An error or EOF leaves it for the general loop below, which
+        # raises as asyncio does.
+        if zc is not None and n < self._small:
+            while self._exception is None and not self._eof:
+                if not zc.receive_now(n - len(views)):
+                    zc.set_read_hint(n - len(views))
+                    try:
+                        await self._wait_for_data("readexactly")
+                    finally:
+                        zc.set_read_hint(0)
+                if len(views) >= n:
+                    return
+        frames = self._frames
         hinted = False
         try:
             while (step := frames.need(n)) is not Next.READY:

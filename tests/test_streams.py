@@ -240,6 +240,37 @@ class TestFaults:
         await with_reader(Peer(data, finish="reset"), body, ZCConfig(zerocopy="always"))
 
     @pytest.mark.asyncio
+    async def test_header_wait_cancelled(self) -> None:
+        # A small read waits in its own loop (no frame reader): cancelled
+        # with nothing queued, then with half a header queued, the reader
+        # keeps those bytes, reads on, and a big frame after the header
+        # still arrives intact.
+        body = payload(2 * MiB, seed=7)
+        loop = asyncio.get_running_loop()
+        with socket.socket() as ls:
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            reader, writer = await aiozc.open_connection("127.0.0.1", ls.getsockname()[1])
+            peer, _ = await loop.run_in_executor(None, ls.accept)
+        with peer:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readexactly(4), 0.05)
+            frame = len(body).to_bytes(4, "big") + body
+            peer.sendall(frame[:2])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readexactly(4), 0.05)
+            sending = loop.run_in_executor(None, peer.sendall, frame[2:])
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            assert size == len(body)
+            with await reader.readexactly_view(size) as view:
+                assert sha(view) == sha(body)
+            await sending
+            peer.shutdown(socket.SHUT_WR)
+            assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+
+    @pytest.mark.asyncio
     async def test_views_outlive_the_connection(self) -> None:
         data = payload(4 * MiB)
 
