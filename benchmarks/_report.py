@@ -13,6 +13,14 @@ from collections.abc import Sequence
 from aiozc._config import KiB, MiB
 
 
+def emit(report: str, output: str | None) -> None:
+    """Print ``report``, and also write it to ``output`` if given."""
+    print(report)
+    if output:
+        with open(output, "w") as f:
+            f.write(report)
+
+
 def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table: the header row, the separator, one line per row."""
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -21,7 +21,7 @@ import time
 
 from ._process import pin, pin_cpus
 from ._receivers import all_receivers
-from ._report import median_range, table
+from ._report import emit, median_range, table
 from ._runner import Progress, available, run_matrix
 from ._sender import Job, Peer
 
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
               "each baseline: " + ", ".join(
                   f"{rt} {floor / statistics.median(results[f'{b} [{rt}]']):.2f}x"
                   for rt, b in _BASELINE.items() if f"{b} [{rt}]" in results) + "."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(report)
+    emit("\n".join(lines) + "\n", args.output)
     return 0
 
 
