@@ -524,6 +524,16 @@ class TestFaults:
                     await stream.aclose()
             assert len(errors) == 1 and isinstance(errors[0], anyio.ClosedResourceError)
 
+    async def test_send_is_a_cancellation_point(self) -> None:
+        async with raw_pair() as (stream, peer):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await stream.send(b"never")
+            assert scope.cancelled_caught
+            await stream.send(b"sent")
+            peer.settimeout(5)
+            assert peer.recv(100) == b"sent"
+
     async def test_cancelled_receive_loses_nothing(self) -> None:
         async with raw_pair() as (stream, peer):
             with anyio.move_on_after(0.05) as scope:
