@@ -41,6 +41,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 import asyncio
 import dataclasses
 import errno
+import functools
 import os
 import socket
 import ssl
@@ -108,6 +109,18 @@ def _readable_callback(ref: weakref.ref[ZCSocketStream]) -> None:
     stream = ref()
     if stream is not None:
         stream._on_readable()
+
+
+def _memory_released(ref: weakref.ref[ZCSocketStream]) -> None:
+    # The engine's on_release for a stream (see ZCSocketStream._on_release).
+    # Weakly held, like the transport's: the views a stream queues refer to
+    # the engine's pool, and the pool to this callback, so a strong one
+    # would make every stream with queued views part of a reference cycle
+    # through its views' exporters, which the garbage collector does not
+    # track (_pool.pyx, Chunk).
+    stream = ref()
+    if stream is not None:
+        stream._on_release()
 
 
 class ZCAttribute(TypedAttributeSet):
@@ -215,7 +228,7 @@ class ZCSocketStream(SocketStream):
                             eager_errors=running_quirks().collect_errors_eagerly,
                             budget=running_budget(), history=history_for(running_loop_key()))
         self._frames.connect(self._gather, self._rx.end_gather)
-        self._rx.on_release = self._on_release
+        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
         self._freed = False  # on_release fired since the last pump
         self._receive_guard = ResourceGuard("reading from")
         self._receiving = False  # a receive is waiting in _fill()
