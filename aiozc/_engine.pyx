@@ -61,12 +61,12 @@ cdef enum:
 # loop, so one busy connection cannot starve the others.  4x CPython's
 # per-event read (256 KiB) amortises the loop's per-event cost (epoll, a
 # handle, a Python frame) over ~1 MiB without hurting fairness measurably.
-# It does not depend on the machine's caches: builds with 256 KiB and with
-# 4 MiB cost the same as this one in every bulk cell, within the noise of
-# unchanged code (aiozc's own CPU per message, median -0.3% and +0.5% over
-# 78 cells; benchmarks/results/2026-11-28-pump-budget.md).  Each receive is
-# receive_size at most, into a slab reused from its start, whatever the
-# budget: the budget only sets how often the loop gets a turn.
+# Measured on this project's VM (one machine: 1 MiB L2 per core), builds
+# with 256 KiB and with 4 MiB cost the same as this one in every bulk cell,
+# within the noise of unchanged code (aiozc's own CPU per message, median
+# -0.3% and +0.5% over 78 cells; benchmarks/results/2026-11-28-pump-budget.md).
+# The budget sets how often the loop gets a turn, not the size of a
+# receive (receive_size at most, outside a gather, whatever the budget).
 cdef enum:
     PUMP_BUDGET = 1048576
 cdef Py_ssize_t PUMP_UNBOUNDED = PY_SSIZE_T_MAX
@@ -179,7 +179,14 @@ cdef class Receiver:
 
     @property
     def on_release(self):
-        """Called (once) when pump() returned PUMP_STARVED and memory frees up."""
+        """Called (once) when pump() returned PUMP_STARVED and memory frees up.
+
+        It must hold its owner weakly (a partial over a weak reference, as
+        the transport and the anyio stream set it): the pool keeps it, every
+        view's Chunk keeps the pool, and Chunks are not tracked by the
+        garbage collector (_pool.pyx), so a callback that leads back to the
+        views' owner makes a cycle that is never collected.
+        """
         return self.pool.on_release
 
     @on_release.setter

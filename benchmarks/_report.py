@@ -17,7 +17,7 @@ def emit(report: str, output: str | None) -> None:
     """Print ``report``, and also write it to ``output`` if given."""
     print(report)
     if output:
-        with open(output, "w") as f:
+        with open(output, "w", encoding="utf-8") as f:
             f.write(report)
 
 
