@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ._machine import machine_info, machine_lines
 from ._report import emit, table
@@ -55,6 +56,8 @@ from ._report import emit, table
 RECEIVERS = ("sock.recv(256 KiB)", "sock.recv(256 KiB), malloc warmed",
              "sock.recv_into(64 KiB)", "aiozc engine, never", "aiozc engine, auto")
 SIZES = (4096, 32768, 65536, 262144)
+# The checkout the cells run from (each is `python -m benchmarks.delivery`).
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 # Every connection made, kept open for the life of the process (a runner
@@ -172,7 +175,10 @@ def _fresh(sizes: list[int], rounds: int, base: int) -> dict[tuple[str, int], li
             for rx in order:
                 out = subprocess.run(
                     [sys.executable, "-m", "benchmarks.delivery", "--cell", rx, str(size), str(k)],
-                    check=True, capture_output=True, text=True)
+                    check=False, capture_output=True, text=True, cwd=_ROOT)
+                if out.returncode:
+                    sys.stderr.write(out.stderr)
+                    raise SystemExit(f"the cell {rx!r}, {size} B failed (its output is above)")
                 res.setdefault((rx, size), []).append(float(out.stdout))
     return res
 
