@@ -272,6 +272,37 @@ class TestFaults:
         await writer.wait_closed()
 
     @pytest.mark.asyncio
+    @pytest.mark.parametrize("method", ["readexactly", "readexactly_view"])
+    async def test_second_waiter_refused(self, method: str) -> None:
+        # A short read waits on a bare future, not in asyncio's
+        # _wait_for_data: a second reader waiting meanwhile is refused as
+        # asyncio refuses it, and takes nothing from the first.
+        loop = asyncio.get_running_loop()
+        with socket.socket() as ls:
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            reader, writer = await aiozc.open_connection("127.0.0.1", ls.getsockname()[1])
+            peer, _ = await loop.run_in_executor(None, ls.accept)
+        with peer:
+            first = asyncio.ensure_future(getattr(reader, method)(6))
+            await asyncio.sleep(0.01)
+            assert not first.done()
+            with pytest.raises(RuntimeError, match=f"{method}\\(\\) called while another"):
+                await getattr(reader, method)(2)
+            peer.sendall(b"abcdef")
+            got = await asyncio.wait_for(first, 5)
+            assert bytes(got) == b"abcdef"
+            if isinstance(got, memoryview):
+                got.release()
+            peer.sendall(b"gh")
+            peer.shutdown(socket.SHUT_WR)
+            with pytest.raises(asyncio.IncompleteReadError) as info:
+                await reader.readexactly(3)
+            assert info.value.partial == b"gh"
+        writer.close()
+        await writer.wait_closed()
+
+    @pytest.mark.asyncio
     async def test_views_outlive_the_connection(self) -> None:
         data = payload(4 * MiB)
 
