@@ -54,6 +54,17 @@ async def with_reader(peer: Peer, body: Callable[[Reader], Awaitable[Any]],
         await asyncio.get_running_loop().run_in_executor(None, peer.join)
 
 
+async def connected_by_hand() -> tuple[Reader, asyncio.StreamWriter, socket.socket]:
+    """An aiozc streams connection to a plain socket the test drives itself."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        reader, writer = await aiozc.open_connection("127.0.0.1", ls.getsockname()[1])
+        peer, _ = await loop.run_in_executor(None, ls.accept)
+    return reader, writer, peer
+
+
 class TestIntegrity:
     """Every byte, through both APIs, from both kinds of peer."""
 
@@ -248,11 +259,7 @@ class TestFaults:
         # reader's state; a read hint left set would only cost speed.)
         body = payload(2 * MiB, seed=7)
         loop = asyncio.get_running_loop()
-        with socket.socket() as ls:
-            ls.bind(("127.0.0.1", 0))
-            ls.listen(1)
-            reader, writer = await aiozc.open_connection("127.0.0.1", ls.getsockname()[1])
-            peer, _ = await loop.run_in_executor(None, ls.accept)
+        reader, writer, peer = await connected_by_hand()
         with peer:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(reader.readexactly(4), 0.05)
@@ -277,12 +284,7 @@ class TestFaults:
         # A short read waits on a bare future, not in asyncio's
         # _wait_for_data: a second reader waiting meanwhile is refused as
         # asyncio refuses it, and takes nothing from the first.
-        loop = asyncio.get_running_loop()
-        with socket.socket() as ls:
-            ls.bind(("127.0.0.1", 0))
-            ls.listen(1)
-            reader, writer = await aiozc.open_connection("127.0.0.1", ls.getsockname()[1])
-            peer, _ = await loop.run_in_executor(None, ls.accept)
+        reader, writer, peer = await connected_by_hand()
         with peer:
             first = asyncio.ensure_future(getattr(reader, method)(6))
             await asyncio.sleep(0.01)
