@@ -68,8 +68,6 @@ class ZCStreamReader(asyncio.StreamReader):
         _limit: int
         _paused: bool
         _transport: asyncio.Transport | None
-        _waiter: asyncio.Future[None] | None
-        _loop: asyncio.AbstractEventLoop
 
         def _wakeup_waiter(self) -> None: ...
         async def _wait_for_data(self, func_name: str) -> None: ...
@@ -197,14 +195,7 @@ class ZCStreamReader(asyncio.StreamReader):
         """Exactly ``n`` bytes as a view; ``IncompleteReadError`` at an early EOF."""
         views = self._views
         if not (0 <= n <= len(views)) or self._exception is not None:
-            # (The short wait inline, as in readexactly.)
-            while (waiter := self._short_wait(n, "readexactly_view")) is not None:
-                try:
-                    await waiter
-                finally:
-                    self._waited()
-            if not (0 <= n <= len(views)) or self._exception is not None:
-                await self._fill(n)
+            await self._fill(n)
         view = views.take(n)
         if self._paused:
             self._maybe_resume_transport()
@@ -246,16 +237,9 @@ class ZCStreamReader(asyncio.StreamReader):
         # _fill coroutine (the README's pattern reads each header this way),
         # and with no call at all on that path: with one request in flight
         # per connection, each call is a measurable share of the request.
-        views = self._views
-        if n > len(views) or n < 0 or self._exception is not None:
-            while (waiter := self._short_wait(n, "readexactly")) is not None:
-                try:
-                    await waiter
-                finally:
-                    self._waited()
-            if n > len(views) or n < 0 or self._exception is not None:
-                await self._fill(n)
-        data = views.take_bytes(n)
+        if n > len(self._views) or n < 0 or self._exception is not None:
+            await self._fill(n)
+        data = self._views.take_bytes(n)
         if self._paused:
             self._maybe_resume_transport()
         return data
@@ -285,64 +269,33 @@ class ZCStreamReader(asyncio.StreamReader):
 
     # -- shared ----------------------------------------------------------------
 
-    # A frame smaller than the engine ever gathers (every header, and an RPC
-    # server's requests) needs none of the frame reader: no gather to ask
-    # for, none to end.  Its wait is a bare future, awaited by readexactly
-    # or readexactly_view itself: no _fill coroutine and no _wait_for_data
-    # coroutine under it.  With one request in flight per connection every
-    # request waits for its header, and each coroutine level is a frame
-    # made, resumed at the wake-up and freed, and two more objects for the
-    # garbage collector's youngest generation while the connection waits
-    # (benchmarks/results/2026-11-28-short-wait.md).  What this wait does
-    # not cover (errors, EOF, bigger frames, n < 0) is left to _fill, which
-    # raises as asyncio does.
-
-    def _short_wait(self, n: int, func_name: str) -> asyncio.Future[None] | None:
-        """Receive for a short read of ``n`` bytes; the future to await, or None.
-
-        None when ``n`` bytes are queued, or when the read is not a short
-        one (then ``_fill`` has the rest to do, errors included).
-        """
-        zc = self._zc
-        views = self._views
-        if zc is None or not 0 <= n < self._small:
-            return None
-        while len(views) < n:
-            if self._exception is not None or self._eof:
-                return None
-            if zc.receive_now(n - len(views)):
-                continue
-            # asyncio's _wait_for_data, without its coroutine.
-            if self._waiter is not None:
-                raise RuntimeError(
-                    f"{func_name}() called while another coroutine is "
-                    "already waiting for incoming data"
-                )
-            if self._paused:
-                # (Waiting while paused would wait forever.)
-                self._paused = False
-                assert self._transport is not None
-                self._transport.resume_reading()
-            zc.set_read_hint(n - len(views))
-            waiter = self._waiter = self._loop.create_future()
-            return waiter
-        return None
-
-    def _waited(self) -> None:
-        # The end of a _short_wait's await: woken, failed or cancelled.
-        self._waiter = None
-        zc = self._zc
-        if zc is not None:
-            zc.set_read_hint(0)
-
     async def _fill(self, n: int) -> None:
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
         if self._exception is not None:
             raise self._exception
-        if len(self._views) >= n:
+        views = self._views
+        if len(views) >= n:
             return
         zc = self._zc
+        # A frame smaller than the engine ever gathers (every header, and
+        # an RPC server's requests) needs none of the frame reader: no
+        # gather to ask for, none to end.  Its wait is this loop alone,
+        # which saves 4 of the ~58 Python calls per request of a streams
+        # RPC server with one request in flight (3-6% of its CPU with 100
+        # and 1,000 connections; benchmarks/results/2026-11-28-rpc-streams.md).
+        # An error or EOF leaves it for the general loop below, which
+        # raises as asyncio does.
+        if zc is not None and n < self._small:
+            while self._exception is None and not self._eof:
+                if not zc.receive_now(n - len(views)):
+                    zc.set_read_hint(n - len(views))
+                    try:
+                        await self._wait_for_data("readexactly")
+                    finally:
+                        zc.set_read_hint(0)
+                if len(views) >= n:
+                    return
         frames = self._frames
         hinted = False
         try:
