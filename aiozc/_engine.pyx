@@ -523,6 +523,14 @@ cdef class Receiver:
     # budget with bytes still queued checks SO_ERROR too, reading on to the
     # error if there is one.  (A mapping call reports the error itself.)
     #
+    # The check costs 0.38 us per drained receive here (one request per
+    # receive, as an RPC server with one request in flight sees).  Folding
+    # it into the receive does not pay: TCP_ZEROCOPY_RECEIVE with no pages
+    # asked for and the room as its copy buffer copies a queue that fits,
+    # as recv() would, and reports the error in the same call, but that
+    # call costs 0.40 us more than a recv() (benchmarks/results/
+    # 2026-11-28-not-kept.md).
+    #
     # "Drained" is the kernel's word at the moment of the call (inq == 0,
     # or recv() returning less than asked), and it can be wrong by the time
     # an error is raised: segments that arrived while the call held the
