@@ -98,9 +98,20 @@ _YIELD_EVERY = 4 * 1024 * 1024
 # accept() errors that concern one connection, not the listener (as trio).
 _ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
-#: Connections ZCSocketListener.serve() accepts per wake-up at most: asyncio's
-#: servers take up to their backlog (100 by default) per readiness event.
-_ACCEPT_BURST = 100
+#: Connections ZCSocketListener.serve() accepts per wake-up at most.
+#: asyncio's servers take up to their backlog per readiness event (100 by
+#: default, and 4,096 as the benchmarks' servers are made).  This was 100.
+#: With 1,000 clients connecting at once and then sending one request
+#: at a time on each connection (benchmarks/rpc.py), the p99 latency at the
+#: client was 105-154 ms, and 67-92 ms over the requests after each
+#: connection's first: twice asyncio streams' 36-43 ms, and it
+#: lasted long after the last connection was accepted.  With every waiting
+#: connection taken at once it was 86-89 ms, and 36-37 ms after the first
+#: requests (benchmarks/results/2026-11-28-accept-burst.md).  The bound
+#: keeps a flood of connections from holding the loop for long: a stream
+#: costs about 13 us to set up, so 4,096 at once is about 50 ms, as for an
+#: asyncio server with that backlog.
+_ACCEPT_BURST = 4096
 
 
 def _readable_callback(ref: weakref.ref[ZCSocketStream]) -> None:
@@ -718,7 +729,9 @@ class ZCSocketListener(SocketListener):
 
         As anyio's ``SocketListener.serve``: the handlers run in
         ``task_group`` (a new one by default) and own their streams (close
-        them, e.g. ``async with stream:``).
+        them, e.g. ``async with stream:``).  Connections that are already
+        waiting are accepted together, up to 4,096 per wake-up, as an
+        asyncio server takes its backlog.
         """
         async with AsyncExitStack() as stack:
             if task_group is None:

@@ -731,9 +731,14 @@ class TestSendAndListener:
             with pytest.raises(ValueError, match="TLS"):
                 await connect_tcp("127.0.0.1", 1, **kwargs)
 
-    async def test_serve_takes_every_waiting_connection(self) -> None:
-        """More connections wait than serve() takes per wake-up (a burst):
-        every one is accepted and answered, none twice."""
+    @pytest.mark.parametrize("burst", [64, aiozc.anyio._ACCEPT_BURST])
+    async def test_serve_takes_every_waiting_connection(
+        self, burst: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """250 connections wait, more than serve() takes per wake-up (a
+        burst of 64: four wake-ups) or fewer (the default, one): every one
+        is accepted and answered, none twice."""
+        monkeypatch.setattr(aiozc.anyio, "_ACCEPT_BURST", burst)
         count = 250
         async with await create_tcp_listener(local_host="127.0.0.1", backlog=512) as listener:
             port = listener.extra(SocketAttribute.local_port)
