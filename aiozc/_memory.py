@@ -15,15 +15,18 @@ nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import final
+from types import MethodType
+from typing import Any, final
 
 from ._pool import Budget, slab_stores, trim_slab_stores
 
 __all__ = [
-    "ZCMemoryStats", "budget_for", "keep_trimming", "memory_stats", "running_budget",
-    "running_loop_key", "set_memory_limit",
+    "ZCMemoryStats", "budget_for", "keep_trimming", "memory_stats", "release_callback",
+    "running_budget", "running_loop_key", "set_memory_limit",
 ]
 
 #: The loop-wide bound when none was set: none (each connection's own bound
@@ -84,6 +87,28 @@ def keep_trimming() -> None:
     if token not in _trimming and trim_slab_stores():
         _trimming.add(token)
         trio.lowlevel.spawn_system_task(_trim_on_trio, token)
+
+
+def release_callback(method: Callable[[], object]) -> Callable[[], None]:
+    """The engine's ``on_release`` for the bound ``method``: it calls it
+    while the method's object lives, and holds that object only weakly.
+
+    Weakly, because the engine's pool keeps the callback, every view's
+    exporter keeps the pool, and exporters are not tracked by the garbage
+    collector (_pool.pyx, Chunk): a callback that led back to the views'
+    owner (a transport, an anyio stream) would make a cycle that is never
+    collected.  A partial over a weak reference is about 260 bytes
+    (tracemalloc), where a WeakMethod and a closure took 600: the transport
+    makes one for each connection that starves.
+    """
+    assert isinstance(method, MethodType), method
+    return functools.partial(_call_if_alive, weakref.ref(method.__self__), method.__func__)
+
+
+def _call_if_alive(ref: weakref.ref[Any], func: Callable[[Any], object]) -> None:
+    owner = ref()
+    if owner is not None:
+        func(owner)
 
 
 def _trim_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:

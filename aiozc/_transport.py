@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import functools
 import io
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, final, overload
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
-from ._memory import budget_for, keep_trimming
+from ._memory import budget_for, keep_trimming, release_callback
 from ._policy import history_for
 from ._protocol import AnyProtocol, ZCProtocol
 from ._quirks import quirks_of
@@ -676,7 +675,7 @@ class ZCTransport(_FlowControlMixin):
     # the first time, receiving is tried once more anyway (it starves
     # again at once if nothing was freed, now with the callback in place).
     def _listen_for_releases(self) -> None:
-        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
+        self._rx.on_release = release_callback(self._on_memory_released)
         self._loop.call_soon(self._resume_after_starving)
 
     def _on_memory_released(self) -> None:
@@ -1401,15 +1400,6 @@ _DEFAULT_CONFIG = ZCConfig()
 
 # struct linger {int l_onoff; int l_linger;}: on, 0 seconds: close() resets.
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
-
-
-def _memory_released(ref: weakref.ref[ZCTransport]) -> None:
-    # The engine's on_release, made at a connection's first starvation: a
-    # partial over a weak reference (270 bytes, where a WeakMethod and a
-    # closure took 600).
-    transport = ref()
-    if transport is not None:
-        transport._on_memory_released()
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:

@@ -41,7 +41,6 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 import asyncio
 import dataclasses
 import errno
-import functools
 import os
 import socket
 import ssl
@@ -68,7 +67,7 @@ from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
 from ._framereader import FrameReader, Next
-from ._memory import keep_trimming, running_budget, running_loop_key
+from ._memory import keep_trimming, release_callback, running_budget, running_loop_key
 from ._policy import history_for
 from ._quirks import running_asyncio_loop, running_quirks
 from ._stats import ZCStats
@@ -120,18 +119,6 @@ def _readable_callback(ref: weakref.ref[ZCSocketStream]) -> None:
     stream = ref()
     if stream is not None:
         stream._on_readable()
-
-
-def _memory_released(ref: weakref.ref[ZCSocketStream]) -> None:
-    # The engine's on_release for a stream (see ZCSocketStream._on_release).
-    # Weakly held, like the transport's: the views a stream queues refer to
-    # the engine's pool, and the pool to this callback, so a strong one
-    # would make every stream with queued views part of a reference cycle
-    # through its views' exporters, which the garbage collector does not
-    # track (_pool.pyx, Chunk).
-    stream = ref()
-    if stream is not None:
-        stream._on_release()
 
 
 class ZCAttribute(TypedAttributeSet):
@@ -239,7 +226,7 @@ class ZCSocketStream(SocketStream):
                             eager_errors=running_quirks().collect_errors_eagerly,
                             budget=running_budget(), history=history_for(running_loop_key()))
         self._frames.connect(self._gather, self._rx.end_gather)
-        self._rx.on_release = functools.partial(_memory_released, weakref.ref(self))
+        self._rx.on_release = release_callback(self._on_release)
         self._freed = False  # on_release fired since the last pump
         self._receive_guard = ResourceGuard("reading from")
         self._receiving = False  # a receive is waiting in _fill()
