@@ -112,3 +112,22 @@ def test_quick_connections_writes_report(tmp_path: Path) -> None:
     assert "## Targets" in md and "## Phase 1, N = 100" in md and "## Phase 2, N = 100" in md
     assert "Load average (1, 5, 15 min) at the start" in md
     assert "NOT measurements" in md
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", [[], ["--same-process"]])
+def test_delivery_writes_report(tmp_path: Path, mode: list[str]) -> None:
+    """``python -m benchmarks.delivery``: every receiver row is measured (the
+    engine's own rows included) and written to --output as printed."""
+    out = tmp_path / "delivery.md"
+    proc = run_module(["benchmarks.delivery", "--rounds", "1", "--deliveries", "200",
+                       "--sizes", "4096,65536", "--output", str(out), *mode], timeout=100)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    md = out.read_text(encoding="utf-8")
+    assert md.strip() in proc.stdout
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "KiB |" not in line]
+    names = {row.split(" | ")[0][2:] for row in rows}
+    assert {"sock.recv_into(64 KiB)", "aiozc engine, never", "aiozc engine, auto"} <= names
+    for row in rows:
+        cells = row.strip("| ").split(" | ")[1:]
+        assert len(cells) == 2 and all(float(c.split(" ")[0]) > 0 for c in cells), row
