@@ -1,5 +1,5 @@
 # The compiled hot path of aiozc (aiozc/_pool.pyx, _policy.pyx, _engine.pyx,
-# _buffer.pyx).  Everything else about the package lives in
+# _buffer.pyx, _poller.pyx).  Everything else about the package lives in
 # pyproject.toml; setuptools needs this file only to know about the Cython
 # extensions.
 #
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-MODULES = ["_pool", "_policy", "_engine", "_buffer"]
+MODULES = ["_pool", "_policy", "_engine", "_buffer", "_poller"]
 
 COMPILER_DIRECTIVES = {
     "language_level": "3",

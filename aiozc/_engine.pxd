@@ -23,7 +23,7 @@ cdef class Receiver:
     cdef Policy policy        # the mode: 'auto''s probes, or a fixed choice
     cdef public object sink
     cdef public bint paused
-    cdef bint eager_errors    # collect socket errors without being told (libuv)
+    cdef public bint eager_errors  # collect socket errors without being told (libuv)
     cdef list pending
     cdef aiozc_zc_receive zc
     cdef bint _drained

@@ -17,6 +17,7 @@ class Receiver:
     sink: Callable[[memoryview], object] | None
     paused: bool
     on_release: Callable[[], object] | None
+    eager_errors: bool
     def __init__(
         self,
         fd: int,

@@ -142,9 +142,11 @@ cdef class Receiver:
     ``Receiver(fd, config, sink, eager_errors=False)``: ``fd`` must stay
     open while pump() is called (the driver owns the socket), ``sink`` is
     called with each read-only memoryview in stream order.
-    ``eager_errors``: the event loop stops watching a socket once it reports
-    an error (libuv; see aiozc/_quirks.py), so socket errors are collected
-    without waiting to be told (see _error_pending).  ``budget``: the
+    ``eager_errors`` (also settable later, as the transport does when the
+    way its socket is watched changes): the event loop stops watching a
+    socket once it reports an error (libuv; see aiozc/_quirks.py and
+    aiozc/_poller.pyx), so socket errors are collected without waiting to
+    be told (see _error_pending).  ``budget``: the
     loop-wide bound on pinned memory (aiozc/_memory.py); ``history``: what
     the 'auto' probes of the loop's other connections measured
     (aiozc/_policy.pyx).  Without them the connection stands alone.

@@ -15,6 +15,7 @@ cdef extern from *:
     #include <sys/ioctl.h>
     #include <sys/mman.h>
     #include <sys/socket.h>
+    #include <sys/epoll.h>
     #include <netinet/in.h>
 
     /* Spelled out here rather than taken from <linux/tcp.h>, which clashes
@@ -118,3 +119,18 @@ cdef extern from *:
     void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off) nogil
     int munmap(void *addr, size_t len) nogil
     int madvise(void *addr, size_t len, int advice) nogil
+
+    # The readiness of every aiozc socket of a loop (_poller.pyx).
+    union epoll_data_t "epoll_data":
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int EPOLLIN
+    int EPOLL_CLOEXEC
+    int EPOLL_CTL_ADD
+    int EPOLL_CTL_DEL
+    int epoll_create1(int flags) nogil
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event) nogil
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
+    int close(int fd) nogil

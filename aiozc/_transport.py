@@ -1,7 +1,8 @@
 """The asyncio transport over the receive engine (:class:`ZCTransport`).
 
 Reading is the receive engine's job (``_engine.pyx``); this module plugs
-it into an event loop with ``add_reader``, and implements the rest of the
+it into an event loop through aiozc's poller (``_poller.pyx``: one epoll
+per loop for every aiozc socket), and implements the rest of the
 asyncio ``Transport`` contract (writing, flow control, closing) the way
 CPython's selector transport does, using only public loop methods so that
 the same class runs on the stdlib loop and on uvloop.  Large immutable
@@ -31,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, final, overload
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
+from ._poller import poller_for
 from ._memory import budget_for, keep_trimming, release_callback
 from ._policy import history_for
 from ._protocol import AnyProtocol, ZCProtocol
@@ -132,11 +134,13 @@ class ZCTransport(_FlowControlMixin):
         "_paused",
         "_plain_bytes",
         "_plain_calls",
+        "_poller",
         "_protocol",
         "_pumps",
         "_queue",
         "_queued",
         "_quirks",
+        "_reader_direct",
         "_reader_on",
         "_reap_delay",
         "_reap_timer",
@@ -200,8 +204,14 @@ class ZCTransport(_FlowControlMixin):
                 pass
         self._config = config if config is not None else _DEFAULT_CONFIG
         self._quirks = quirks = quirks_of(loop)  # see _quirks.py
+        # Reading is watched through aiozc's poller (_poller.pyx): by its
+        # own epoll, level-triggered on every loop, or, for the first few
+        # connections of a loop and on the stdlib loop, by the loop itself;
+        # then, on a loop that stops watching at the first error, the
+        # engine collects errors eagerly (_update_reader sets it).
+        self._poller = poller_for(loop)
+        self._reader_direct = False  # the loop itself watches reading
         self._rx = Receiver(self._fd, self._config, None,
-                            eager_errors=quirks.collect_errors_eagerly,
                             budget=budget_for(loop), history=history_for(loop))
         self._pumps = 0  # engine pumps so far: an idle connection's count stands still
         self._watched = False  # in the sweeper's watch (see _IdleSweeper)
@@ -427,11 +437,14 @@ class ZCTransport(_FlowControlMixin):
     def _update_reader(self) -> None:
         want = not (self._closing or self._paused or self._starved or self._at_eof)
         if want and not self._reader_on:
-            self._loop.add_reader(self._fd, self._read_ready)
+            direct = self._poller.register(self._fd, self._read_ready)
             self._reader_on = True
+            self._reader_direct = direct
+            self._rx.eager_errors = direct and self._quirks.collect_errors_eagerly
         elif not want and self._reader_on:
-            self._loop.remove_reader(self._fd)
+            self._poller.unregister(self._fd)
             self._reader_on = False
+            self._reader_direct = False
             self._update_reaper()
 
     # -- replies batched per read event ---------------------------------------
@@ -641,9 +654,10 @@ class ZCTransport(_FlowControlMixin):
 
     def _collect_error(self) -> None:
         # The plain protocols' side of Receiver._raise_pending_error: on
-        # uvloop, a receive that drained the queue collects a pending reset
-        # now, because libuv will not report the socket readable again.
-        if not self._quirks.collect_errors_eagerly or self._closing:
+        # uvloop, for a socket the loop watches itself, a receive that
+        # drained the queue collects a pending reset now, because libuv
+        # will not report the socket readable again.
+        if not self._rx.eager_errors or self._closing:
             return
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -1037,24 +1051,28 @@ class ZCTransport(_FlowControlMixin):
     #
     # A completion is a message on the socket's error queue, and the kernel
     # announces it as EPOLLERR, which epoll reports whatever events the fd
-    # was registered for.  What the loops make of it (checked on both, and
-    # pinned down by tests/test_send.py::TestLoopWakeups):
+    # was registered for.  Who hears it:
     #
-    # * stdlib selector loop: EPOLLERR sets both EVENT_READ and
-    #   EVENT_WRITE, so whichever of _read_ready and _write_ready is
-    #   registered runs, and, the selector being level-triggered, keeps
-    #   running every iteration until the error queue is read.  Both reap
-    #   first thing (reading it is also what stops that spin).
-    # * uvloop: libuv treats POLLERR on a uv_poll handle as fatal: it stops
-    #   the handle and reports UV_EBADF, on which uvloop runs the reader and
-    #   the writer callback once each and then closes the handle.  The fd is
-    #   silently no longer watched, and a later add_reader() on it raises
-    #   RuntimeError (the closed handle stays in the loop's table).  So on
-    #   any loop but the stdlib's, every reap that read a notification is
-    #   followed by _rearm(): remove_reader() and remove_writer() (which
-    #   also drop a closed handle), then add back whatever this transport
-    #   has registered.  Doing it inside the callback is safe: uvloop
-    #   checks the handles again after each callback it runs.
+    # * aiozc's poller's epoll, while reading is on and the poller watches
+    #   it (_poller.pyx): level-triggered, so _read_ready runs, every
+    #   iteration, until the error queue is read; it reaps first thing
+    #   (which also stops that spin).
+    # * The loop: while writes wait (add_writer), and while reading is on
+    #   for a connection the poller leaves to the loop (add_reader).  What the loops make of it (checked on both, and pinned
+    #   down by tests/test_send.py::TestLoopWakeups): the stdlib selector
+    #   loop reports the fd readable and writable, level-triggered, and
+    #   _read_ready and _write_ready both reap first thing.  uvloop (libuv)
+    #   treats POLLERR on a uv_poll handle as fatal: it stops the handle and
+    #   reports UV_EBADF, on which uvloop runs the reader and the writer
+    #   callback once each and then closes the handle.  The fd is silently
+    #   no longer watched, and a later add_reader() or add_writer() on it
+    #   raises RuntimeError (the closed handle stays in the loop's table).
+    #   So on any loop but the stdlib's, every reap that read a
+    #   notification is followed by _rearm(): remove_reader() and
+    #   remove_writer() (which also drop a closed handle), then add back
+    #   whatever this transport has the loop watch.  Doing it inside the
+    #   callback is safe: uvloop checks the handles again after each
+    #   callback it runs.
     # * Neither fires when the fd is not registered at all (reading paused
     #   or at EOF, nothing queued, closing); add_writer() cannot stand in,
     #   since a writable socket would make it fire every iteration on the
@@ -1081,9 +1099,10 @@ class ZCTransport(_FlowControlMixin):
         if not self._rearm_on_errqueue or self._sock.fileno() < 0:
             return
         loop, fd = self._loop, self._fd
-        loop.remove_reader(fd)
+        if self._reader_direct:  # the loop watches reading too
+            loop.remove_reader(fd)
         loop.remove_writer(fd)
-        if self._reader_on:
+        if self._reader_direct:
             loop.add_reader(fd, self._read_ready)
         if self._writer_on:
             loop.add_writer(fd, self._write_ready)
@@ -1274,6 +1293,10 @@ class ZCTransport(_FlowControlMixin):
             self._reap_timer.cancel()
             self._reap_timer = None
         self._lingering = False
+        if self._reader_on:  # (closing turned it off; never leave a closed fd watched)
+            self._poller.unregister(self._fd)
+            self._reader_on = False
+            self._reader_direct = False
         if self._rx.holds_socket:
             # Views still hold the window, whose mapping keeps the socket's
             # file open: close() alone would not end the connection.

@@ -13,6 +13,9 @@ tests/conftest.py keeps only the fixtures, built on these.
   the kernel can map) or with plain sendmsg (pages it cannot).
 * ``payload``, ``sha``: reproducible bytes and their digest.
 * ``wait_acked``: wait until the peer has acked every byte written.
+* ``crowded``, ``watched_by_loop``: run a connection with other aiozc
+  connections open beside it (so that aiozc's poller, not the loop, watches
+  it on uvloop), and say which watches a transport.
 * ``count_fds``, ``count_maps``, ``count_socket_maps``: leak counters.
 * ``ROOT``, ``run_module``: ``python -m ...`` in the repository's root, a
   hang reported with its stacks.
@@ -24,6 +27,7 @@ child processes (which import its leak counters) need no pytest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -35,14 +39,16 @@ import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+import aiozc
 from aiozc import ZCProtocol
+from aiozc._poller import DIRECT_MAX, poller_for
 from aiozc.testing import ZeroCopySender
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -189,6 +195,39 @@ def wait_acked(sock: socket.socket, timeout: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, f"{unacked} bytes still unacked after {timeout} s"
         time.sleep(0.001)
+
+
+@contextlib.asynccontextmanager
+async def crowded(on: bool = True) -> AsyncIterator[None]:
+    """With ``on``, keep ``DIRECT_MAX`` idle aiozc connections open on the
+    running loop meanwhile.  On uvloop aiozc's poller then watches the
+    connections made inside with its own epoll, instead of leaving them to
+    the loop (aiozc/_poller.pyx): the path most connections of a busy
+    server take."""
+    if not on:
+        yield
+        return
+    idle = []
+    with socket.create_server(("127.0.0.1", 0), backlog=DIRECT_MAX) as listener:
+        try:
+            for _ in range(DIRECT_MAX):
+                transport, _ = await aiozc.create_connection(
+                    ZCProtocol, "127.0.0.1", listener.getsockname()[1])
+                idle.append((transport, listener.accept()[0]))
+                assert watched_by_loop(transport) is True  # the loop's own
+            yield
+        finally:
+            for transport, conn in idle:
+                transport.close()
+                conn.close()
+            await asyncio.sleep(0)  # connection_lost
+
+
+def watched_by_loop(transport: asyncio.BaseTransport) -> bool | None:
+    """True if the loop watches ``transport``'s socket for reading itself,
+    False if aiozc's poller's epoll does, None if nothing does."""
+    sock = transport.get_extra_info("socket")
+    return poller_for(asyncio.get_running_loop()).watched_by_loop(sock.fileno())
 
 
 def count_fds() -> int:

@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME, VERSION = "aiozc", "0.1.0"
-MODULES = ["_pool", "_policy", "_engine", "_buffer"]  # the Cython extensions
+MODULES = ["_pool", "_policy", "_engine", "_buffer", "_poller"]  # the Cython extensions
 EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 
 # Top-level entries of the source tree that are not the project: left out of

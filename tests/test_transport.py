@@ -29,7 +29,8 @@ from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._engine import PUMP_EOF, Receiver
 from aiozc._policy import ProbeHistory, history_for
 
-from support import Peer, count_fds, count_maps, count_socket_maps, inq, payload, sha
+from support import (Peer, count_fds, count_maps, count_socket_maps, crowded, inq, loop_kind,
+                     payload, sha, watched_by_loop)
 
 MiB = 1 << 20
 
@@ -412,20 +413,23 @@ class TestFaults:
         assert sha(b"".join(proto.views)) == sha(data)
 
     @pytest.mark.asyncio
-    async def test_peer_reset(self) -> None:
+    @pytest.mark.parametrize("watch", ["alone", "crowded"])
+    async def test_peer_reset(self, watch: str) -> None:
         data = payload(6 * MiB)
 
         async def main() -> Collector:
             peer = Peer(data, finish="reset").start()
             transport, proto = await aiozc.create_connection(
                 Collector, "127.0.0.1", peer.port, config=ZCConfig(zerocopy="always"))
+            assert watched_by_loop(transport) is (watch == "alone" or loop_kind() == "asyncio")
             peer.connected.set()
             await proto.lost
             await asyncio.get_running_loop().run_in_executor(None, peer.join)
             assert isinstance(proto, Collector)
             return proto
 
-        proto = await main()
+        async with crowded(watch == "crowded"):
+            proto = await main()
         # Whatever arrived before the RST is intact; then the reset is reported.
         assert isinstance(proto.exc, ConnectionResetError), proto.exc
         assert not proto.eof
@@ -714,8 +718,9 @@ class TestResetRace:
     """
 
     @pytest.mark.asyncio
+    @pytest.mark.parametrize("watch", ["alone", "crowded"])
     @pytest.mark.parametrize("kind", ["views-copy", "views-map", "bytes", "buffered"])
-    async def test_reset_with_bytes_queued(self, kind: str) -> None:
+    async def test_reset_with_bytes_queued(self, kind: str, watch: str) -> None:
         data = payload(400_000, seed=31)
 
         class Plain(asyncio.Protocol):
@@ -749,6 +754,8 @@ class TestResetRace:
                 transport, proto = await aiozc.create_connection(
                     factory, "127.0.0.1", listener.getsockname()[1], config=config)
                 conn, _ = listener.accept()
+            if isinstance(transport, ZCTransport):  # (plain protocols get the loop's own)
+                assert watched_by_loop(transport) is (watch == "alone" or loop_kind() == "asyncio")
             conn.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 conn.send(data)
@@ -768,7 +775,8 @@ class TestResetRace:
             for _ in range(25):
                 await once()
 
-        await main()
+        async with crowded(watch == "crowded"):
+            await main()
 
 
 class TestDropped:
