@@ -34,7 +34,8 @@
 # still run.  The poller watches reading only: writers stay with the loop
 # (add_writer), which sees a socket only while its writes wait.
 #
-# The first few connections of a loop (DIRECT_MAX) are watched by the loop
+# Up to DIRECT_MAX connections of a loop at a time (the first ones, and
+# later whichever starts reading while fewer are) are watched by the loop
 # itself instead, with add_reader(): the poller pays when a wake-up brings
 # several ready sockets, which takes many connections; with few, it only
 # adds a second epoll_wait() and a nested wake-up to each wake-up.  Each
@@ -54,6 +55,7 @@ from libc.stdint cimport uint64_t
 from aiozc._kernel cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLIN, close,
                             epoll_create1, epoll_ctl, epoll_event, epoll_wait)
 
+import contextvars as _contextvars
 import os as _os
 import weakref as _weakref
 
@@ -61,11 +63,12 @@ from aiozc._quirks import quirks_of
 
 # How many sockets the loop watches itself before the poller's epoll takes
 # the next ones.  Measured on uvloop with 512 B requests, one in flight per
-# connection, server CPU per request through the poller against
-# add_reader() with the SO_ERROR check (benchmarks/results/
-# 2026-11-28-poller.md): one connection 4-10% more, 10 connections -2% to
-# +6%, 100 and 1,000 connections 1-12% less (medians of paired rounds on a
-# noisy machine, 9 of 10 of them below 0.99).  So up to
+# connection: server CPU per request through the poller, over add_reader()
+# with the SO_ERROR check (benchmarks/results/2026-11-28-poller.md; medians
+# of paired rounds on a noisy machine).  With the poller for every
+# connection (or all but one): one connection 1.04-1.10x, 10 connections
+# 0.98-1.06x, 100 and 1,000 connections 0.88-1.05x.  With this setting:
+# 100 and 1,000 connections 0.93-1.01x, and up to 16 as before.  So up to
 # 16 connections of a loop keep add_reader(), and a server with more has
 # most of its connections watched by the poller.
 DEF DIRECT_MAX_DEFAULT = 16
@@ -163,8 +166,12 @@ cdef class Poller:
             return
         del self.entries[token]
         if epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev) != 0:
-            # ENOENT/EBADF: the descriptor was closed first (epoll forgets a
-            # closed file by itself).
+            # ENOENT/EBADF: the descriptor was closed before it was
+            # unregistered.  The transport never does that: epoll drops a
+            # registration only when the file's last reference goes, and a
+            # socket's file can outlive its fd (a mapped receive window
+            # holds it), so a socket must be unregistered before it is
+            # closed.  The entry is gone from here either way.
             if errno != ENOENT and errno != EBADF:
                 err = errno
                 raise OSError(err, _os.strerror(err))
@@ -178,7 +185,10 @@ cdef class Poller:
             raise OSError(err, _os.strerror(err))
         self.epfd = epfd
         try:
-            self.loop.add_reader(epfd, self._dispatch)
+            # In an empty context: the loop keeps the one add_reader() runs
+            # in for as long as the epoll is watched, and it must not be
+            # that of whichever task made the first registration.
+            _contextvars.Context().run(self.loop.add_reader, epfd, self._dispatch)
         except BaseException:
             self.epfd = -1
             close(epfd)
@@ -221,19 +231,23 @@ cdef class Poller:
     cdef _run(self, tuple entry):
         # As asyncio's Handle._run: in the callback's context, and an
         # exception goes to the loop's handler.
+        # (The handler is called outside that context, as asyncio does.)
+        cdef object failure = None
         callback, context = entry
         PyContext_Enter(context)
         try:
             callback()
-        except (SystemExit, KeyboardInterrupt):
-            raise
         except BaseException as exc:
-            self.loop.call_exception_handler({
-                "message": f"Exception in callback {callback!r}",
-                "exception": exc,
-            })
+            failure = exc
         finally:
             PyContext_Exit(context)
+        if failure is not None:
+            if isinstance(failure, (SystemExit, KeyboardInterrupt)):
+                raise failure
+            self.loop.call_exception_handler({
+                "message": f"Exception in callback {callback!r}",
+                "exception": failure,
+            })
 
 
 @cython.final

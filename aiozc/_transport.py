@@ -1,8 +1,9 @@
 """The asyncio transport over the receive engine (:class:`ZCTransport`).
 
 Reading is the receive engine's job (``_engine.pyx``); this module plugs
-it into an event loop through aiozc's poller (``_poller.pyx``: one epoll
-per loop for every aiozc socket), and implements the rest of the
+it into an event loop through aiozc's poller (``_poller.pyx``: the loop's
+``add_reader``, or on uvloop past 16 connections one epoll of aiozc's own
+per loop), and implements the rest of the
 asyncio ``Transport`` contract (writing, flow control, closing) the way
 CPython's selector transport does, using only public loop methods so that
 the same class runs on the stdlib loop and on uvloop.  Large immutable

@@ -8,14 +8,16 @@ tests/conftest.py keeps only the fixtures, built on these.
 
 * ``LOOPS`` and ``loop_kind``: the event loops every asyncio test runs on
   (conftest's pytest-asyncio hook), and which one a test is running on.
-* ``Echo`` and ``ZCEcho``: echo protocols, plain and zerocopy.
+* ``Echo`` and ``ZCEcho``: echo protocols, plain and zerocopy; ``Plain``,
+  a plain protocol that hashes what it receives.
 * ``Peer``: a blocking peer in a thread that sends with MSG_ZEROCOPY (pages
   the kernel can map) or with plain sendmsg (pages it cannot).
 * ``payload``, ``sha``: reproducible bytes and their digest.
 * ``wait_acked``: wait until the peer has acked every byte written.
-* ``crowded``, ``watched_by_loop``: run a connection with other aiozc
-  connections open beside it (so that aiozc's poller, not the loop, watches
-  it on uvloop), and say which watches a transport.
+* ``crowded``, ``watched_by_loop``, ``epoll_watchers``: run a connection
+  with other aiozc connections open beside it (so that aiozc's poller, not
+  the loop, watches it on uvloop), say which watches a transport, and how
+  many epoll instances watch a descriptor.
 * ``count_fds``, ``count_maps``, ``count_socket_maps``: leak counters.
 * ``ROOT``, ``run_module``: ``python -m ...`` in the repository's root, a
   hang reported with its stacks.
@@ -60,6 +62,23 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 def loop_kind() -> str:
     """The ``LOOPS`` name of the running loop (inside an asyncio test)."""
     return "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+
+
+class Plain(asyncio.Protocol):
+    """A plain protocol that hashes what it receives and records its end."""
+
+    def __init__(self) -> None:
+        self.hasher, self.received = hashlib.sha256(), 0
+        self.exc: BaseException | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.received += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.exc = exc
+        self.lost.set_result(None)
 
 
 class Echo(asyncio.Protocol):
@@ -228,6 +247,21 @@ def watched_by_loop(transport: asyncio.BaseTransport) -> bool | None:
     False if aiozc's poller's epoll does, None if nothing does."""
     sock = transport.get_extra_info("socket")
     return poller_for(asyncio.get_running_loop()).watched_by_loop(sock.fileno())
+
+
+def epoll_watchers(fd: int) -> int:
+    """How many epoll instances of this process watch ``fd`` (from
+    /proc/self/fdinfo: the loop's, aiozc's poller's)."""
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/self/fdinfo/{name}") as f:
+                n += sum(1 for line in f if line.split()[:2] == ["tfd:", str(fd)])
+        except OSError:
+            continue  # closed meanwhile
+    return n
 
 
 def count_fds() -> int:

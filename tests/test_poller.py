@@ -317,3 +317,34 @@ class TestCrowd:
         # (The first wave's count may include what the loop opens once: uvloop
         # keeps a /dev/null descriptor in reserve after its first connect.)
         assert counts[1:] == [counts[1]] * 3, counts
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("watch", ["alone", "crowded"])
+    async def test_errors_collected_eagerly_only_where_the_loop_watches(
+        self, watch: str,
+    ) -> None:
+        # The point of the poller on uvloop: no getsockopt(SO_ERROR) after
+        # each drained receive.  A socket uvloop watches itself still needs
+        # it (libuv stops watching at the first error); the stdlib loop
+        # never does.  (The engine's flag is read here because no stat
+        # shows it; the reset tests show the behaviour.)
+        async with crowded(watch == "crowded"):
+            with socket.create_server(("127.0.0.1", 0)) as listener:
+                transport, _ = await aiozc.create_connection(
+                    Collector, "127.0.0.1", listener.getsockname()[1])
+                conn, _ = listener.accept()
+            assert isinstance(transport, ZCTransport)
+            direct = watched_by_loop(transport)
+            assert direct is (watch == "alone" or loop_kind() == "asyncio")
+            assert transport._rx.eager_errors is (loop_kind() == "uvloop" and direct)
+            # Paused, the socket is watched by nothing; resumed, it is
+            # placed again, with the flag to match.
+            transport.pause_reading()
+            assert watched_by_loop(transport) is None
+            transport.resume_reading()
+            assert watched_by_loop(transport) is direct
+            assert transport._rx.eager_errors is (loop_kind() == "uvloop" and direct)
+            transport.close()
+            conn.close()
+            await asyncio.sleep(0)
+            assert watched_by_loop(transport) is None

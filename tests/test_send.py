@@ -38,8 +38,8 @@ import aiozc
 from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._zerocopy_send import immutable_view
 
-from support import (Peer, count_fds, crowded, inq, loop_kind, payload, run_module, sha,
-                     watched_by_loop)
+from support import (Peer, count_fds, crowded, epoll_watchers, inq, loop_kind, payload,
+                     run_module, sha, watched_by_loop)
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -886,6 +886,8 @@ class TestLoopWakeups:
             sink = Sink(reply=b"ok", reply_every=size)
             transport, proto = await connect(sink)
             assert watched_by_loop(transport) is (watch == "alone" or loop_kind() == "asyncio")
+            fd = transport.get_extra_info("socket").fileno()
+            watchers = set()
             for i in range(rounds):
                 proto.got_data.clear()
                 transport.write(payload(size, seed=i))
@@ -893,7 +895,12 @@ class TestLoopWakeups:
                 while len(proto.received) < 2 * (i + 1):
                     proto.got_data.clear()
                     await asyncio.wait_for(proto.got_data.wait(), 10)
+                # The re-arms after the completions leave the socket in one
+                # epoll for reading: the loop's, or the poller's, never both.
+                await asyncio.sleep(0.002)
+                watchers.add(epoll_watchers(fd))
             stats = transport.stats
+            assert watchers == {1}, watchers
             transport.close()
             await proto.lost
             await sink.join()

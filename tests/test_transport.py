@@ -29,8 +29,8 @@ from aiozc import ZCConfig, ZCProtocol, ZCTransport
 from aiozc._engine import PUMP_EOF, Receiver
 from aiozc._policy import ProbeHistory, history_for
 
-from support import (Peer, count_fds, count_maps, count_socket_maps, crowded, inq, loop_kind,
-                     payload, sha, watched_by_loop)
+from support import (Peer, Plain, count_fds, count_maps, count_socket_maps, crowded, inq,
+                     loop_kind, payload, sha, watched_by_loop)
 
 MiB = 1 << 20
 
@@ -718,24 +718,13 @@ class TestResetRace:
     """
 
     @pytest.mark.asyncio
-    @pytest.mark.parametrize("watch", ["alone", "crowded"])
-    @pytest.mark.parametrize("kind", ["views-copy", "views-map", "bytes", "buffered"])
+    @pytest.mark.parametrize(("kind", "watch"), [
+        ("views-copy", "alone"), ("views-copy", "crowded"), ("views-map", "alone"),
+        ("views-map", "crowded"), ("bytes", "alone"), ("buffered", "alone"),
+        ("switched-to-plain", "alone"), ("switched-to-plain", "crowded"),
+    ])  # (plain protocols get the loop's own transport: no poller to crowd)
     async def test_reset_with_bytes_queued(self, kind: str, watch: str) -> None:
         data = payload(400_000, seed=31)
-
-        class Plain(asyncio.Protocol):
-            def __init__(self) -> None:
-                self.hasher, self.received = hashlib.sha256(), 0
-                self.exc: BaseException | None = None
-                self.lost = asyncio.get_running_loop().create_future()
-
-            def data_received(self, data: bytes) -> None:
-                self.hasher.update(data)
-                self.received += len(data)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                self.exc = exc
-                self.lost.set_result(None)
 
         class Buffered(asyncio.BufferedProtocol, Plain):
             buf = bytearray(65536)
@@ -746,6 +735,8 @@ class TestResetRace:
             def buffer_updated(self, nbytes: int) -> None:
                 self.data_received(self.buf[:nbytes])
 
+        # switched-to-plain: a ZCTransport whose protocol becomes a plain
+        # one (read with recv(): _read_ready_plain).
         factory: Any = {"bytes": Plain, "buffered": Buffered}.get(kind, Collector)
         config = ZCConfig(zerocopy="always" if kind == "views-map" else "never")
 
@@ -756,6 +747,9 @@ class TestResetRace:
                 conn, _ = listener.accept()
             if isinstance(transport, ZCTransport):  # (plain protocols get the loop's own)
                 assert watched_by_loop(transport) is (watch == "alone" or loop_kind() == "asyncio")
+            if kind == "switched-to-plain":
+                proto = Plain()
+                transport.set_protocol(proto)
             conn.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 conn.send(data)
