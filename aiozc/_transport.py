@@ -33,9 +33,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, final, overload
 from ._buffer import ViewBuffer
 from ._config import ZCConfig
 from ._engine import PUMP_EOF, PUMP_STARVED, Receiver, end_connection
-from ._poller import poller_for
 from ._memory import budget_for, keep_trimming, release_callback
 from ._policy import history_for
+from ._poller import poller_for
 from ._protocol import AnyProtocol, ZCProtocol
 from ._quirks import quirks_of
 from ._stats import ZCStats
@@ -1059,9 +1059,10 @@ class ZCTransport(_FlowControlMixin):
     #   iteration, until the error queue is read; it reaps first thing
     #   (which also stops that spin).
     # * The loop: while writes wait (add_writer), and while reading is on
-    #   for a connection the poller leaves to the loop (add_reader).  What the loops make of it (checked on both, and pinned
-    #   down by tests/test_send.py::TestLoopWakeups): the stdlib selector
-    #   loop reports the fd readable and writable, level-triggered, and
+    #   for a connection the poller leaves to the loop (add_reader).  What
+    #   the loops make of it (checked on both, and pinned down by
+    #   tests/test_send.py::TestLoopWakeups): the stdlib selector loop
+    #   reports the fd readable and writable, level-triggered, and
     #   _read_ready and _write_ready both reap first thing.  uvloop (libuv)
     #   treats POLLERR on a uv_poll handle as fatal: it stops the handle and
     #   reports UV_EBADF, on which uvloop runs the reader and the writer

@@ -1,15 +1,14 @@
 """aiozc's poller: how the sockets of a loop are watched for reading.
 
-The first connections of a loop (``DIRECT_MAX``) are watched by the loop
-(``add_reader``); on uvloop, every other one by the poller's own epoll,
-level-triggered on every loop (aiozc/_poller.pyx).  ``TestPoller`` drives a ``Poller`` directly, over
-real socket pairs, on both loops.  ``TestCrowd`` runs transports with other
-connections beside them (``support.crowded``), so that on uvloop the
-poller's epoll watches them,
-with a peer sending with MSG_ZEROCOPY and resets behind queued bytes: the
-faults whose handling depends on how the loop reports errors.  (The
-transport and send suites run their reset and completion tests both ways
-too.)
+Up to ``DIRECT_MAX`` connections of a loop at a time are watched by the
+loop (``add_reader``); on uvloop, every other one by the poller's own
+epoll, level-triggered (aiozc/_poller.pyx).  ``TestPoller`` drives a
+``Poller`` directly, over real socket pairs, on both loops.  ``TestCrowd``
+runs transports with other connections beside them (``support.crowded``),
+so that on uvloop the poller's epoll watches them, with peers sending with
+MSG_ZEROCOPY and resets behind queued bytes: the faults whose handling
+depends on how the loop reports errors.  (The transport and send suites
+run their reset and completion tests both ways too.)
 """
 
 from __future__ import annotations
