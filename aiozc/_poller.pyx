@@ -21,7 +21,8 @@
 # * The ready sockets' events are read and dispatched in C, up to 256 per
 #   wake-up of the loop.
 #
-# The stdlib selector loop keeps its own add_reader() (LoopReaders, below):
+# The stdlib selector loop keeps its own add_reader() for every socket (a
+# Poller with no limit on direct_max, see poller_for()):
 # it reports errors until they are collected anyway, and there the
 # poller's second epoll_wait() per wake-up costs more than the Python work
 # of the selector it saves.
@@ -51,6 +52,9 @@ cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from libc.errno cimport EBADF, EINTR, ENOENT, errno
 from libc.stdint cimport uint64_t
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 from aiozc._kernel cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLIN, close,
                             epoll_create1, epoll_ctl, epoll_event, epoll_wait)
@@ -250,41 +254,6 @@ cdef class Poller:
             })
 
 
-@cython.final
-cdef class LoopReaders:
-    """The loop's own add_reader(), behind the poller's interface."""
-
-    cdef readonly object loop
-    cdef set fds
-    cdef object __weakref__
-
-    def __cinit__(self, loop):
-        self.loop = loop
-        self.fds = set()
-
-    @property
-    def registered(self):
-        """How many descriptors are watched."""
-        return len(self.fds)
-
-    def watched_by_loop(self, int fd):
-        """True if ``fd`` is watched (always by the loop), None if not."""
-        return True if fd in self.fds else None
-
-    def register(self, int fd, callback):
-        """Call ``callback()`` whenever ``fd`` is readable, until unregistered.
-        Returns True: the loop watches it."""
-        self.loop.add_reader(fd, callback)
-        self.fds.add(fd)
-        return True
-
-    def unregister(self, int fd):
-        """Stop watching ``fd`` (nothing if it is not watched)."""
-        if fd in self.fds:
-            self.fds.discard(fd)
-            self.loop.remove_reader(fd)
-
-
 DIRECT_MAX = DIRECT_MAX_DEFAULT
 
 
@@ -298,18 +267,19 @@ _pollers = _weakref.WeakValueDictionary()
 def poller_for(loop):
     """What watches an event loop's aiozc sockets for reading.
 
-    On the stdlib selector loop, the loop itself: it reports errors until
-    they are collected anyway, and there the poller's second epoll_wait()
-    per wake-up costs more than the selector's Python work it saves (one
-    connection, 512 B requests one at a time: 5-8% more CPU per request;
-    1,000 connections: no change measured).  On uvloop and any other loop,
-    aiozc's Poller.
+    On uvloop and any other loop: a Poller, the loop watching up to
+    DIRECT_MAX sockets itself.  On the stdlib selector loop, a Poller that
+    leaves every socket to the loop (it never makes its epoll): that loop
+    reports errors until they are collected anyway, and there the poller's
+    second epoll_wait() per wake-up costs more than the selector's Python
+    work it saves (one connection, 512 B requests one at a time: 5-8% more
+    CPU per request; 1,000 connections: no change measured).
     """
     poller = _pollers.get(id(loop))
     if poller is None:
         if quirks_of(loop).collect_errors_eagerly:
             poller = Poller(loop)
         else:
-            poller = LoopReaders(loop)
+            poller = Poller(loop, PY_SSIZE_T_MAX)
         _pollers[id(loop)] = poller
     return poller

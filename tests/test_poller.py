@@ -24,7 +24,7 @@ import pytest
 
 import aiozc
 from aiozc import ZCConfig, ZCTransport
-from aiozc._poller import DIRECT_MAX, LoopReaders, Poller, poller_for
+from aiozc._poller import DIRECT_MAX, Poller, poller_for
 
 from support import Peer, count_fds, crowded, loop_kind, payload, sha, watched_by_loop
 from test_transport import Collector
@@ -239,16 +239,17 @@ class TestPoller:
         poller = poller_for(asyncio.get_running_loop())
         assert poller is poller_for(asyncio.get_running_loop())
         if loop_kind() == "uvloop":
-            assert isinstance(poller, Poller)
+            assert poller.direct_max == DIRECT_MAX
         else:
-            assert isinstance(poller, LoopReaders)
-            with socket_pairs(2) as pairs:
-                assert poller.register(pairs[0][0].fileno(), lambda: None) is True
-                assert poller.register(pairs[1][0].fileno(), lambda: None) is True
-                assert poller.watched_by_loop(pairs[1][0].fileno()) is True
-                assert poller.registered == 2
-                poller.unregister(pairs[0][0].fileno())
-                poller.unregister(pairs[1][0].fileno())
+            assert poller.direct_max > 1 << 30
+            with socket_pairs(DIRECT_MAX + 2) as pairs:
+                before = count_fds()
+                ways = [poller.register(a.fileno(), lambda: None) for a, _ in pairs]
+                assert ways == [True] * (DIRECT_MAX + 2)
+                assert count_fds() == before  # no epoll of its own
+                assert poller.registered == DIRECT_MAX + 2
+                for a, _ in pairs:
+                    poller.unregister(a.fileno())
                 assert poller.watched_by_loop(pairs[1][0].fileno()) is None
 
 
